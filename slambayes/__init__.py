@@ -1,1 +1,14 @@
-"""slambayes"""
+"""slambayes: stellar labels from spectra with the SLAM emulator and honest uncertainties.
+
+Data flow: io → preprocess → emulator → likelihood → map_fit / sampling →
+diagnostics → catalog. See README.md and the project's DESIGN document.
+"""
+from . import preprocess
+from .emulator import Emulator
+from .io import join_labels, read_label_catalog, read_lamost
+from .map_fit import fit_map
+from .spectra import Spectra, SpectraWarning
+
+__all__ = ["Spectra", "SpectraWarning", "read_lamost", "read_label_catalog", "join_labels",
+           "preprocess", "Emulator", "fit_map"]
+__version__ = "0.1.0"

@@ -51,7 +51,7 @@ def read_lamost_file(path, flux="raw"):
         with fits.open(path, memmap=False) as hdul:
             hdr = hdul[0].header
             data = hdul[0].data
-            if data is None or data.ndim != 2 or data.shape[0] < 5:
+            if data is None or data.ndim != 2 or data.shape[0] != 5:
                 raise SpectrumReadError(
                     f"{path}: not a LAMOST low-resolution spectrum (primary HDU shape "
                     f"{None if data is None else data.shape}, expected (5, n_pix))")

@@ -1,0 +1,168 @@
+"""Command line: `slambayes demo | train | fit | sample | diagnose`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("slambayes")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def _floats(text):
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text):
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+# --------------------------------------------------------------------- loading
+def load_training_set(spectra_paths, labels=None, label_names=None, key="filename"):
+    """Training spectra from an npz (with labels) or LAMOST FITS + a label catalogue."""
+    from . import io, preprocess
+    from .spectra import Spectra
+
+    paths = [Path(p) for p in spectra_paths]
+    if len(paths) == 1 and paths[0].suffix == ".npz":
+        sp = Spectra.from_npz(paths[0], label_names=label_names)
+        if sp.labels is None:
+            raise CLIError(f"{paths[0]} has no 'labels' array; give --labels CATALOG")
+        return sp
+    if labels is None or not label_names:
+        raise CLIError("FITS training spectra need --labels CATALOG and --label-names a,b,c")
+    sp = io.read_lamost(paths, progress=True)
+    sp = io.join_labels(sp, io.read_label_catalog(labels), label_names, key=key)
+    if sp.n_star == 0:
+        raise CLIError(f"no spectrum matched a row of {labels} by {key!r}")
+    return preprocess.preprocess_lamost(sp)
+
+
+def load_fit_set(paths, wave):
+    """Spectra to fit, on the model grid: npz as stored (resampled if needed) or
+    LAMOST FITS through the full preprocessing."""
+    from . import io, preprocess
+    from .spectra import Spectra
+
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise CLIError(f"no such file: {p}")
+    if len(paths) == 1 and paths[0].suffix == ".npz":
+        sp = Spectra.from_npz(paths[0])
+        if sp.wave.shape != wave.shape or not np.allclose(sp.wave, wave):
+            log.warning("resampling %s onto the model grid", paths[0])
+            sp = preprocess.resample(sp, wave)
+        return sp
+    return preprocess.preprocess_lamost(io.read_lamost(paths, progress=True), wave=wave)
+
+
+# -------------------------------------------------------------------- commands
+def cmd_train(a):
+    from .datasets import make_demo
+    from .emulator import Emulator
+
+    if a.demo:
+        sp = make_demo(a.demo, snr=100.0, seed=a.seed)
+    elif a.spectra:
+        sp = load_training_set(a.spectra, a.labels, _names(a.label_names) if a.label_names else None, a.key)
+    else:
+        raise CLIError("give --spectra FILE(s) (with --labels for FITS) or --demo N")
+    print(f"training on {sp.n_star} spectra × {sp.n_pix} pixels, labels {sp.label_names}")
+    t0 = time.perf_counter()
+    em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
+                  random_state=a.seed).fit(sp)
+    em.save(a.out)
+    print(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}; "
+          f"model written to {a.out}")
+
+
+def cmd_fit(a):
+    from .emulator import Emulator
+    from .map_fit import fit_map
+
+    em = Emulator.load(a.model)
+    sp = load_fit_set(a.spectra, em.wave_)
+    client = None
+    if a.scheduler:
+        from dask.distributed import Client
+        client = Client(a.scheduler)
+    cat = fit_map(em, sp, model_error=a.model_error, n_starts=a.n_starts, chunk_size=a.chunk_size,
+                  n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite)
+    n_bad = int((cat["flag"] != 0).sum())
+    print(f"{len(cat)} spectra fitted, {n_bad} flagged; catalog written to {a.out}")
+
+
+def cmd_demo(a):
+    from .demo import run_demo
+
+    run_demo(Path(a.out), n_train=a.n_train, n_test=a.n_test, n_jobs=a.n_jobs, seed=a.seed)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="slambayes", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run the whole journey on the embedded synthetic data")
+    d.add_argument("--out", default="slambayes-demo", help="output folder")
+    d.add_argument("--n-train", type=int, default=400)
+    d.add_argument("--n-test", type=int, default=300)
+    d.add_argument("--n-jobs", type=int, default=-1)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train an emulator")
+    t.add_argument("--spectra", nargs="+", help="npz with labels, or LAMOST FITS files/folders")
+    t.add_argument("--labels", help="label catalogue (CSV/FITS) for FITS spectra")
+    t.add_argument("--label-names", help="comma-separated label columns, e.g. teff,logg,feh")
+    t.add_argument("--key", default="filename", help="catalogue column to join on")
+    t.add_argument("--demo", type=int, default=0, metavar="N", help="train on N demo spectra instead")
+    t.add_argument("--out", required=True, help="model file to write (.npz)")
+    t.add_argument("--C", type=_floats, default=(1.0, 10.0, 100.0))
+    t.add_argument("--gamma", type=_floats, default=(0.01, 0.1, 1.0))
+    t.add_argument("--epsilon", type=float, default=0.05)
+    t.add_argument("--cv", type=int, default=5)
+    t.add_argument("--n-jobs", type=int, default=-1)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    f = sub.add_parser("fit", help="MAP labels for a batch of spectra")
+    f.add_argument("--model", required=True)
+    f.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS files/folders")
+    f.add_argument("--out", required=True, help="catalog (.fits, .ecsv or .parquet); re-run resumes")
+    f.add_argument("--model-error", default="cv_minus_noise", choices=("none", "cv", "cv_minus_noise"))
+    f.add_argument("--n-starts", type=int, default=1)
+    f.add_argument("--chunk-size", type=int, default=256)
+    f.add_argument("--n-jobs", type=int, default=1)
+    f.add_argument("--scheduler", help="dask.distributed scheduler address")
+    f.add_argument("--overwrite", action="store_true")
+    f.set_defaults(func=cmd_fit)
+
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except (CLIError, FileNotFoundError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        print(f"slambayes {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""`Emulator`: the SLAM forward model, labels → normalized flux, one SVR per pixel."""
+from __future__ import annotations
+
+import hashlib
+from contextlib import nullcontext
+
+import numpy as np
+
+from .kernel_expansion import KernelExpansion
+from .preprocess import standardize
+from .svr_training import PIXEL_STATS, fit_pixel_block
+
+__all__ = ["Emulator", "DEFAULT_C", "DEFAULT_GAMMA", "MODEL_ERRORS"]
+
+DEFAULT_C = tuple(10.0 ** np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
+DEFAULT_GAMMA = tuple(10.0 ** np.array([-3.0, -2.0, -1.0]))
+# how the per-pixel model error enters the likelihood
+MODEL_ERRORS = ("none", "cv", "cv_minus_noise")
+
+
+def training_hash(labels, flux, ivar):
+    h = hashlib.sha256()
+    for a in (labels, flux, ivar):
+        h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+class Emulator:
+    """Per-pixel RBF support-vector regression from labels to normalized flux.
+
+    Parameters
+    ----------
+    C, gamma : sequences of floats
+        Hyperparameter grid searched per pixel by k-fold CV MSE (γ in
+        standardized label units).
+    epsilon : float, ε-insensitive tube width in standardized flux units
+    cv : int, number of CV folds (shuffled, seeded by `random_state`); 0 skips
+        CV (then the first C and γ are used and no CV statistics exist)
+    n_jobs : int, joblib workers over pixel blocks (-1 = all cores)
+    block_size : int, pixels per joblib task
+    random_state : int, seed of the CV folds
+    progress : bool, show a tqdm bar while training
+    backend : str or None, joblib backend (e.g. "dask" with a dask.distributed
+        Client connected, to train the pixels on a cluster)
+
+    Fitted attributes (n_pix pixels, n_train stars, k labels)
+    ----------------------------------------------------------
+    label_names_ : list of k str
+    wave_ : (n_pix,) Å
+    label_mean_, label_std_ : (k,) physical units
+    label_min_, label_max_ : (k,) training label range
+    flux_mean_, flux_std_ : (n_pix,) flux scalers s_j
+    X_train_ : (n_train, k) standardized training labels
+    dual_coef_ : (n_pix, n_train) dense dual coefficients (0 for non-support vectors)
+    intercept_, C_, gamma_ : (n_pix,)
+    cv_mse_, cv_md_, train_mse_ : (n_pix,) standardized units
+    noise_var_ : (n_pix,) mean training-noise variance, standardized units
+    training_hash_ : str
+    """
+
+    def __init__(self, C=DEFAULT_C, gamma=DEFAULT_GAMMA, epsilon=0.05, cv=5, n_jobs=-1,
+                 block_size=16, random_state=0, progress=True, backend=None):
+        self.C = C
+        self.gamma = gamma
+        self.epsilon = epsilon
+        self.cv = cv
+        self.n_jobs = n_jobs
+        self.block_size = block_size
+        self.random_state = random_state
+        self.progress = progress
+        self.backend = backend
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, spectra):
+        """Train on `spectra` (must have labels). Returns self."""
+        if spectra.labels is None:
+            raise ValueError("training spectra need labels (Spectra(labels=..., label_names=...))")
+        labels = np.asarray(spectra.labels, float)
+        if not np.all(np.isfinite(labels)):
+            bad = np.flatnonzero(~np.all(np.isfinite(labels), axis=1))
+            raise ValueError(f"training labels are not finite for star(s) {bad[:10].tolist()}")
+        if spectra.n_star < max(3, self.cv or 0):
+            raise ValueError(f"need at least {max(3, self.cv or 0)} training stars, got {spectra.n_star}")
+        good = spectra.good
+        self.label_names_ = list(spectra.label_names)
+        self.wave_ = spectra.wave.copy()
+        self.label_mean_, self.label_std_ = standardize(labels)
+        self.label_min_, self.label_max_ = labels.min(0), labels.max(0)
+        self.flux_mean_, self.flux_std_ = standardize(spectra.flux, good.astype(float))
+        X = (labels - self.label_mean_) / self.label_std_
+        Y = (spectra.flux - self.flux_mean_) / self.flux_std_
+        dual, stats = self._train(X, Y, good)
+        self.X_train_ = X
+        self.dual_coef_ = dual
+        for i, name in enumerate(PIXEL_STATS):
+            setattr(self, name + "_", stats[:, i].copy())
+        with np.errstate(divide="ignore"):
+            var = np.where(good, 1.0 / np.where(good, spectra.ivar, 1.0), 0.0) / self.flux_std_**2
+        self.noise_var_ = var.sum(0) / np.maximum(good.sum(0), 1)
+        self.training_hash_ = training_hash(labels, spectra.flux, spectra.ivar)
+        self._expansion = None
+        return self
+
+    def _train(self, X, Y, good):
+        from joblib import Parallel, delayed, parallel_config
+        from tqdm.auto import tqdm
+
+        n_pix = Y.shape[1]
+        C_grid = tuple(float(c) for c in np.atleast_1d(self.C))
+        g_grid = tuple(float(g) for g in np.atleast_1d(self.gamma))
+        starts = range(0, n_pix, self.block_size)
+        task = delayed(fit_pixel_block)
+        with parallel_config(backend=self.backend) if self.backend else nullcontext():
+            gen = Parallel(n_jobs=self.n_jobs, return_as="generator")(
+                task(X, Y[:, s:s + self.block_size], good[:, s:s + self.block_size],
+                     C_grid, g_grid, self.epsilon, self.cv, self.random_state) for s in starts)
+            parts = list(tqdm(gen, total=len(starts), desc="training pixels", unit="block",
+                              disable=not self.progress))
+        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+
+    # ------------------------------------------------------------ properties
+    def _check_fitted(self):
+        if not hasattr(self, "dual_coef_"):
+            raise RuntimeError("this Emulator is not fitted yet: call fit() or Emulator.load()")
+
+    @property
+    def n_labels(self) -> int:
+        self._check_fitted()
+        return len(self.label_names_)
+
+    @property
+    def expansion(self) -> KernelExpansion:
+        """The kernel expansion in standardized units (built once, cached)."""
+        self._check_fitted()
+        if getattr(self, "_expansion", None) is None:
+            self._expansion = KernelExpansion.from_dense(self.X_train_, self.dual_coef_,
+                                                         self.intercept_, self.gamma_)
+        return self._expansion
+
+    def model_error(self, kind="cv_minus_noise", floor=1e-4):
+        """Per-pixel model error σ_j in flux units, shape (n_pix,).
+
+        kind "cv": s_j·sqrt(CV MSE_j); "cv_minus_noise": the same after removing
+        the training spectra's mean noise variance (so that the observed σ is
+        not counted twice), floored at `floor` (standardized variance);
+        "none": zeros.
+        """
+        self._check_fitted()
+        if kind == "none":
+            return np.zeros_like(self.flux_std_)
+        if kind not in MODEL_ERRORS:
+            raise ValueError(f"model error kind must be one of {MODEL_ERRORS}, not {kind!r}")
+        mse = np.where(np.isfinite(self.cv_mse_), self.cv_mse_, self.train_mse_)
+        if kind == "cv_minus_noise":
+            mse = np.maximum(mse - self.noise_var_, floor)
+        return self.flux_std_ * np.sqrt(mse)
+
+    # ------------------------------------------------------------ prediction
+    def to_std(self, labels):
+        self._check_fitted()
+        return (np.asarray(labels, float) - self.label_mean_) / self.label_std_
+
+    def from_std(self, theta):
+        return np.asarray(theta) * self.label_std_ + self.label_mean_
+
+    def predict(self, labels):
+        """Normalized flux for labels (m, k) or (k,) in physical units → (m, n_pix) or (n_pix,)."""
+        theta = self.to_std(labels)
+        f = self.expansion.predict(np.atleast_2d(theta))
+        f = self.flux_mean_ + self.flux_std_ * f
+        return f[0] if theta.ndim == 1 else f
+
+    def predict_and_jacobian(self, labels):
+        """(flux, ∂flux/∂labels) in physical units: (m, n_pix), (m, n_pix, k)."""
+        theta = self.to_std(labels)
+        f, J = self.expansion.predict_and_jacobian(np.atleast_2d(theta))
+        f = self.flux_mean_ + self.flux_std_ * f
+        J = J * self.flux_std_[:, None] / self.label_std_
+        return (f[0], J[0]) if theta.ndim == 1 else (f, J)
+
+    def jacobian(self, labels):
+        """∂flux/∂labels in physical units, (m, n_pix, k) or (n_pix, k)."""
+        return self.predict_and_jacobian(labels)[1]
+
+    def jax_predictor(self):
+        """A jax-traceable function labels (…, k) physical → flux (…, n_pix)."""
+        import jax.numpy as jnp
+
+        exp = self.expansion.to_xp(jnp)
+        mu, sd = jnp.asarray(self.label_mean_), jnp.asarray(self.label_std_)
+        fm, fs = jnp.asarray(self.flux_mean_), jnp.asarray(self.flux_std_)
+
+        def predict(labels):
+            theta = (labels - mu) / sd
+            return fm + fs * exp.predict(theta, xp=jnp)
+
+        return predict
+
+    # --------------------------------------------------------------- file I/O
+    def save(self, path):
+        """Write the model to an npz file (no pickle). See `slambayes.model_file`."""
+        from .model_file import save_emulator
+        save_emulator(self, path)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by `save`."""
+        from .model_file import load_emulator
+        return load_emulator(cls, path)
+
+    def __repr__(self):
+        if not hasattr(self, "dual_coef_"):
+            return f"Emulator(C={self.C}, gamma={self.gamma}, epsilon={self.epsilon}, cv={self.cv})"
+        return (f"Emulator(labels={self.label_names_}, n_pix={self.wave_.size}, "
+                f"n_train={self.X_train_.shape[0]}, median CV MSE={np.nanmedian(self.cv_mse_):.3g})")

@@ -1,0 +1,96 @@
+"""The emulator model file: a pickle-free npz with a versioned schema.
+
+Arrays are stored as plain npz members; everything else (schema, label names
+and units, hyperparameter grid, training hash, package versions, creation
+time) is one JSON document in the member `header`. `np.load(path,
+allow_pickle=False)` reads every member.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SCHEMA", "ModelFileError", "save_emulator", "load_emulator"]
+
+SCHEMA = "slambayes.emulator/1"
+ARRAYS = ("wave_", "label_mean_", "label_std_", "label_min_", "label_max_", "flux_mean_",
+          "flux_std_", "X_train_", "dual_coef_", "intercept_", "C_", "gamma_", "cv_mse_",
+          "cv_md_", "train_mse_", "noise_var_")
+PARAMS = ("C", "gamma", "epsilon", "cv", "random_state")
+DEFAULT_UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "m_h": "dex", "mgfe": "dex",
+                 "alpha_m": "dex", "vmacro": "km/s"}
+
+
+class ModelFileError(ValueError):
+    """The file is not a readable slambayes model of this schema."""
+
+
+def _versions():
+    import importlib.metadata as md
+    out = {}
+    for pkg in ("slambayes", "numpy", "scipy", "scikit-learn", "jax"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def save_emulator(em, path):
+    """Write a fitted `Emulator` to `path` (npz)."""
+    em._check_fitted()
+    header = dict(
+        schema=SCHEMA,
+        label_names=em.label_names_,
+        label_units=[DEFAULT_UNITS.get(n, "") for n in em.label_names_],
+        wave_unit="Angstrom",
+        params={k: (list(np.atleast_1d(getattr(em, k)).astype(float))
+                    if k in ("C", "gamma") else getattr(em, k)) for k in PARAMS},
+        training_hash=em.training_hash_,
+        versions=_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, header=np.array(json.dumps(header)),
+                 **{k: np.asarray(getattr(em, k)) for k in ARRAYS})
+    tmp.replace(path)   # never leave a half-written model behind
+
+
+def load_emulator(cls, path):
+    """Read a model file written by `save_emulator` into a new `cls` instance."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if "header" not in d.files:
+                raise ModelFileError(f"{path}: not a slambayes model file (no header)")
+            header = json.loads(str(d["header"]))
+            if header.get("schema") != SCHEMA:
+                raise ModelFileError(f"{path}: model schema {header.get('schema')!r} is not "
+                                     f"supported by this slambayes (expects {SCHEMA!r})")
+            missing = [k for k in ARRAYS if k not in d.files]
+            if missing:
+                raise ModelFileError(f"{path}: model file lacks {missing}")
+            arrays = {k: d[k] for k in ARRAYS}
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        raise ModelFileError(f"{path}: corrupted or truncated model file ({exc})") from exc
+    p = header["params"]
+    em = cls(C=tuple(p["C"]), gamma=tuple(p["gamma"]), epsilon=p["epsilon"], cv=p["cv"],
+             random_state=p["random_state"])
+    for k, v in arrays.items():
+        setattr(em, k, v)
+    em.label_names_ = list(header["label_names"])
+    em.label_units_ = list(header["label_units"])
+    em.training_hash_ = header["training_hash"]
+    em.file_header_ = header
+    em._expansion = None
+    return em

@@ -1,0 +1,89 @@
+"""Per-pixel RBF support-vector regression: (C, γ) by k-fold CV, then the final fit.
+
+Everything here works in standardized units (labels and each pixel's flux
+scaled to mean 0, variance 1). A star whose pixel is masked is left out of
+that pixel's regression (zero weight), never imputed.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import KFold
+from sklearn.svm import SVR
+
+__all__ = ["rbf_gram", "cv_pixel", "fit_pixel", "fit_pixel_block", "PIXEL_STATS"]
+
+# per-pixel results of `fit_pixel_block`, in this order
+PIXEL_STATS = ("C", "gamma", "cv_mse", "cv_md", "train_mse", "intercept")
+
+
+def rbf_gram(X, Y, gamma):
+    """exp(−γ ‖x − y‖²) for all pairs: (n_x, n_y)."""
+    d2 = ((X[:, None, :] - Y[None, :, :]) ** 2).sum(-1)
+    return np.exp(-gamma * d2)
+
+
+def cv_pixel(grams, y, good, folds, C_grid, epsilon):
+    """k-fold CV over the (C, γ) grid for one pixel.
+
+    grams : dict γ → (n, n) Gram matrix of all training stars
+    y : (n,) standardized flux, good : (n,) bool, folds : list of (train, test) index arrays
+    Returns (mse, md) arrays of shape (n_C, n_γ): CV mean squared error and
+    mean difference (prediction − truth) over the held-out good stars.
+    """
+    gammas = list(grams)
+    mse = np.full((len(C_grid), len(gammas)), np.inf)
+    md = np.zeros_like(mse)
+    for jg, g in enumerate(gammas):
+        K = grams[g]
+        for ic, C in enumerate(C_grid):
+            sq, diff, n = 0.0, 0.0, 0
+            for tr, te in folds:
+                tr, te = tr[good[tr]], te[good[te]]
+                if tr.size < 2 or te.size == 0:
+                    continue
+                svr = SVR(kernel="precomputed", C=C, epsilon=epsilon).fit(K[np.ix_(tr, tr)], y[tr])
+                r = svr.predict(K[np.ix_(te, tr)]) - y[te]
+                sq += float(r @ r)
+                diff += float(r.sum())
+                n += te.size
+            if n:
+                mse[ic, jg] = sq / n
+                md[ic, jg] = diff / n
+    return mse, md
+
+
+def fit_pixel(X, y, good, C, gamma, epsilon):
+    """The final scikit-learn SVR of one pixel, trained on its good stars."""
+    return SVR(kernel="rbf", C=C, gamma=gamma, epsilon=epsilon).fit(X[good], y[good])
+
+
+def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
+    """Train a block of pixels.
+
+    X : (n, k) standardized labels; Y : (n, p) standardized flux; G : (n, p) bool good
+    Returns (dual (p, n), stats (p, len(PIXEL_STATS))).
+    """
+    n, p = Y.shape
+    folds = list(KFold(n_splits=cv, shuffle=True, random_state=seed).split(X)) if cv else []
+    grams = {g: rbf_gram(X, X, g) for g in gamma_grid} if cv else {}
+    dual = np.zeros((p, n))
+    stats = np.full((p, len(PIXEL_STATS)), np.nan)
+    for j in range(p):
+        y, good = Y[:, j], G[:, j]
+        if good.sum() < 3:
+            # nothing to learn: the pixel predicts the mean, with unit error
+            stats[j] = (C_grid[0], gamma_grid[0], 1.0, 0.0, 1.0, 0.0)
+            continue
+        if cv:
+            mse, md = cv_pixel(grams, y, good, folds, C_grid, epsilon)
+            ic, jg = np.unravel_index(np.argmin(mse), mse.shape)
+            C, g = C_grid[ic], gamma_grid[jg]
+            cv_mse, cv_md = mse[ic, jg], md[ic, jg]
+        else:
+            C, g, cv_mse, cv_md = C_grid[0], gamma_grid[0], np.nan, np.nan
+        svr = fit_pixel(X, y, good, C, g, epsilon)
+        idx = np.flatnonzero(good)[svr.support_]
+        dual[j, idx] = svr.dual_coef_[0]
+        r = svr.predict(X[good]) - y[good]
+        stats[j] = (C, g, cv_mse, cv_md, float(r @ r) / r.size, float(svr.intercept_[0]))
+    return dual, stats

@@ -1,0 +1,136 @@
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from slambayes import Emulator, Spectra
+from slambayes.model_file import ModelFileError
+from slambayes.svr_training import fit_pixel
+
+
+def test_prediction_equals_sklearn_svr_predict(demo_small):
+    em, train = demo_small
+    X = em.X_train_
+    Y = (train.flux - em.flux_mean_) / em.flux_std_
+    theta = em.to_std(train.labels[:40] * [1.01, 0.98, 1.0] + [10, 0.05, 0.03])
+    ours = em.expansion.predict(theta)
+    worst = 0.0
+    for j in range(train.n_pix):
+        svr = fit_pixel(X, Y[:, j], train.good[:, j], em.C_[j], em.gamma_[j], em.epsilon)
+        worst = max(worst, np.max(np.abs(svr.predict(theta) - ours[:, j])))
+    assert worst < 1e-10
+
+
+def test_analytic_jacobian_matches_finite_differences_and_jax(demo_small):
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    em, train = demo_small
+    lab = train.labels[:5]
+    f, J = em.predict_and_jacobian(lab)
+    assert np.allclose(f, em.predict(lab), rtol=0, atol=1e-13)
+    h = 1e-5 * em.label_std_
+    Jfd = np.stack([(em.predict(lab + np.eye(3)[l] * h[l]) - em.predict(lab - np.eye(3)[l] * h[l])) / (2 * h[l])
+                    for l in range(3)], -1)
+    assert np.max(np.abs(J - Jfd)) / np.max(np.abs(J)) < 1e-6
+    pred = em.jax_predictor()
+    Jjax = np.asarray(jax.vmap(jax.jacfwd(pred))(jax.numpy.asarray(lab)))
+    assert np.allclose(Jjax, J, rtol=1e-9, atol=1e-12)
+    assert np.allclose(np.asarray(pred(jax.numpy.asarray(lab))), f, rtol=0, atol=1e-12)
+
+
+def test_masked_training_pixels_get_zero_weight(demo_small):
+    _, train = demo_small
+    ivar = train.ivar.copy()
+    flux = train.flux.copy()
+    ivar[:50, 10] = 0
+    flux[:50, 10] = 1e6      # garbage behind the mask must not matter
+    sp = train.replace(flux=flux, ivar=ivar)
+    em = Emulator(C=(10.0,), gamma=(0.1,), cv=0, n_jobs=1, progress=False).fit(sp)
+    assert np.all(em.dual_coef_[10, :50] == 0)
+    assert abs(em.flux_mean_[10] - train.flux[50:, 10].mean()) < 1e-12
+
+
+def test_model_file_round_trip_is_bit_for_bit(demo_small, tmp_path):
+    em, train = demo_small
+    path = tmp_path / "model.npz"
+    em.save(path)
+    with np.load(path, allow_pickle=False) as d:      # readable without pickle
+        header = json.loads(str(d["header"]))
+        assert header["schema"] == "slambayes.emulator/1"
+        assert header["label_names"] == ["teff", "logg", "feh"]
+        assert header["label_units"] == ["K", "dex", "dex"]
+        assert header["training_hash"] == em.training_hash_
+        assert "numpy" in header["versions"] and header["created"]
+        assert d["wave_"].shape == (train.n_pix,)
+    em2 = Emulator.load(path)
+    lab = train.labels[:20]
+    assert np.array_equal(em.predict(lab), em2.predict(lab))
+    assert np.array_equal(em.model_error(), em2.model_error())
+
+
+def test_corrupted_and_truncated_model_files(demo_small, tmp_path):
+    em, _ = demo_small
+    path = tmp_path / "model.npz"
+    em.save(path)
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ModelFileError, match="trunc.npz.*corrupted or truncated"):
+        Emulator.load(trunc)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\0" * 100)
+    with pytest.raises(ModelFileError, match="garbage.npz"):
+        Emulator.load(garbage)
+    with pytest.raises(FileNotFoundError):
+        Emulator.load(tmp_path / "missing.npz")
+
+
+def test_other_schema_version_is_refused(demo_small, tmp_path):
+    em, _ = demo_small
+    path = tmp_path / "model.npz"
+    em.save(path)
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d.files}
+    header = json.loads(str(arrays["header"]))
+    header["schema"] = "slambayes.emulator/99"
+    arrays["header"] = np.array(json.dumps(header))
+    other = tmp_path / "v99.npz"
+    np.savez(other, **arrays)
+    with pytest.raises(ModelFileError, match="schema.*emulator/99"):
+        Emulator.load(other)
+
+
+def test_cv_statistics_and_model_error(demo_small):
+    em, _ = demo_small
+    assert em.cv_mse_.shape == em.C_.shape == em.gamma_.shape == (em.wave_.size,)
+    assert set(np.unique(em.C_)) <= {3.0, 30.0} and set(np.unique(em.gamma_)) <= {0.1, 0.3}
+    assert np.all(em.train_mse_ <= em.cv_mse_ + 1e-12)
+    full = em.model_error("cv")
+    assert np.allclose(full, em.flux_std_ * np.sqrt(em.cv_mse_))
+    assert np.all(em.model_error("cv_minus_noise") <= full + 1e-15)
+    assert np.all(em.model_error("none") == 0)
+
+
+def test_untrained_and_unlabelled_errors():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Emulator().predict([5000, 4, 0])
+    s = Spectra(np.arange(5.0), np.ones((6, 5)), np.ones((6, 5)))
+    with pytest.raises(ValueError, match="need labels"):
+        Emulator().fit(s)
+
+
+@pytest.mark.slow
+def test_real_apogee_giants(bench_datasets):
+    d = bench_datasets.load("apogee100", 0)
+    tr = Spectra(d["wave"], d["train"]["flux"], d["train"]["ivar"], labels=d["train"]["labels"],
+                 label_names=d["label_names"])
+    em = Emulator(C=(1.0, 10.0, 100.0), gamma=(0.01, 0.1), n_jobs=2, progress=False).fit(tr)
+    med = float(np.median(em.cv_mse_))
+    print(f"apogee100 fold 0: median CV MSE {med:.3f}, fraction < 1: {np.mean(em.cv_mse_ < 1):.2f}")
+    assert med < 1 and np.mean(em.cv_mse_ < 1) > 0.8
+    good = d["test"]["ivar"] > 0
+    model = em.predict(d["test"]["labels"])
+    rms_model = np.sqrt(np.mean((d["test"]["flux"] - model)[good] ** 2))
+    rms_mean = np.sqrt(np.mean((d["test"]["flux"] - em.flux_mean_)[good] ** 2))
+    print(f"held-out rms: model {rms_model:.4f}, mean spectrum {rms_mean:.4f}")
+    assert rms_model < 0.75 * rms_mean
