@@ -141,7 +141,7 @@ def build_parser():
     f.add_argument("--model", required=True)
     f.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS files/folders")
     f.add_argument("--out", required=True, help="catalog (.fits, .ecsv or .parquet); re-run resumes")
-    f.add_argument("--model-error", default="cv_minus_noise", choices=("none", "cv", "cv_minus_noise"))
+    f.add_argument("--model-error", default="cv", choices=("none", "cv", "cv_minus_noise"))
     f.add_argument("--n-starts", type=int, default=1)
     f.add_argument("--chunk-size", type=int, default=256)
     f.add_argument("--n-jobs", type=int, default=1)

@@ -137,7 +137,7 @@ class Emulator:
                                                          self.intercept_, self.gamma_)
         return self._expansion
 
-    def model_error(self, kind="cv_minus_noise", floor=1e-4):
+    def model_error(self, kind="cv", floor=1e-4):
         """Per-pixel model error σ_j in flux units, shape (n_pix,).
 
         kind "cv": s_j·sqrt(CV MSE_j); "cv_minus_noise": the same after removing

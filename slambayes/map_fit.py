@@ -31,7 +31,7 @@ FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8}
 class MapSettings:
     """Fit options (see `fit_map`)."""
 
-    model_error: str = "cv_minus_noise"
+    model_error: str = "cv"
     n_starts: int = 1
     bounds_pad: float = 0.0
     method: str = "trf"
@@ -239,7 +239,7 @@ def _ids(spectra, id_column):
     return np.arange(spectra.n_star).astype(str)
 
 
-def fit_map(emulator, spectra, prior=None, model_error="cv_minus_noise", n_starts=1,
+def fit_map(emulator, spectra, prior=None, model_error="cv", n_starts=1,
             bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
             output=None, overwrite=False, progress=True, id_column=None, max_nfev=100):
     """Maximum a posteriori labels for every spectrum.

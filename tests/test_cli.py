@@ -1,0 +1,52 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from slambayes.cli import main
+from slambayes.datasets import make_demo
+from slambayes.preprocess import default_grid
+
+
+def test_train_and_fit_on_npz(tmp_path, capsys):
+    wave = default_grid(4800, 5300, 2.0)
+    make_demo(120, snr=100.0, seed=1, wave=wave).to_npz(tmp_path / "train.npz")
+    test = make_demo(10, snr=50.0, seed=2, wave=wave)
+    test.to_npz(tmp_path / "test.npz")
+    assert main(["train", "--spectra", str(tmp_path / "train.npz"), "--out", str(tmp_path / "m.npz"),
+                 "--C", "10", "--gamma", "0.1", "--cv", "3", "--n-jobs", "1"]) == 0
+    assert main(["fit", "--model", str(tmp_path / "m.npz"), "--spectra", str(tmp_path / "test.npz"),
+                 "--out", str(tmp_path / "cat.fits")]) == 0
+    cat = Table.read(tmp_path / "cat.fits")
+    assert len(cat) == 10 and list(cat["id"]) == list(test.meta["id"])
+    assert np.median(np.abs(cat["teff"] - test.labels[:, 0])) < 300
+    assert "catalog written" in capsys.readouterr().out
+
+
+def test_train_on_demo_data(tmp_path):
+    assert main(["train", "--demo", "60", "--out", str(tmp_path / "d.npz"), "--C", "10",
+                 "--gamma", "0.1", "--cv", "2", "--n-jobs", "1"]) == 0
+    assert (tmp_path / "d.npz").exists()
+
+
+def test_clear_errors_and_exit_codes(tmp_path, capsys):
+    assert main(["fit", "--model", str(tmp_path / "nope.npz"), "--spectra", "x.npz",
+                 "--out", str(tmp_path / "c.fits")]) == 2
+    assert "nope.npz" in capsys.readouterr().err
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    assert main(["train", "--spectra", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "m.npz")]) == 2
+    assert "bad.npz" in capsys.readouterr().err
+    r = subprocess.run([sys.executable, "-m", "slambayes.cli", "fit", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--scheduler" in r.stdout
+
+
+def test_train_on_lamost_fits_with_catalog(lamost_dir, lamost_catalog, tmp_path):
+    out = tmp_path / "lamost.npz"
+    assert main(["train", "--spectra", str(lamost_dir), "--labels", str(lamost_catalog),
+                 "--label-names", "teff,logg,feh", "--out", str(out), "--C", "10", "--gamma", "0.1",
+                 "--cv", "2", "--n-jobs", "2"]) == 0
+    from slambayes import Emulator
+    em = Emulator.load(out)
+    assert em.X_train_.shape == (131, 3) and em.wave_.size == 1901

@@ -1,0 +1,192 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from slambayes import Emulator, Spectra, fit_map, preprocess as P
+from slambayes.datasets import make_demo
+from slambayes.map_fit import FLAGS
+from slambayes.validation import calibration, fit_error_model, labels_from_catalog, scatter_bias, scatter_by_snr
+
+
+class _Gauss:
+    """Minimal Gaussian prior (the real ones live in slambayes.priors)."""
+
+    def __init__(self, names, mean, cov):
+        self.t = [(names, np.asarray(mean, float), np.asarray(cov, float))]
+
+    def gaussian_terms(self):
+        return self.t
+
+
+def test_recovers_demo_labels_and_scatter_falls_with_snr(demo_small):
+    em, train = demo_small
+    snrs = (20.0, 50.0, 200.0)
+    test = make_demo(150, snr=np.resize(snrs, 150), seed=5, wave=train.wave,
+                     ranges=[[4500, 7000], [1.5, 4.5], [-1.5, 0.2]])
+    cat = fit_map(em, test, progress=False)
+    est, err = labels_from_catalog(cat, em.label_names_)
+    tab = scatter_by_snr(est, test.labels, test.meta["snr"], snrs)
+    print(tab)
+    assert np.all(cat["converged"])
+    assert np.all(np.diff(tab["scatter"][:, 0]) < 0)           # Teff scatter falls with S/N
+    s, _ = scatter_bias(est[test.meta["snr"] == 200], test.labels[test.meta["snr"] == 200])
+    assert s[0] < 120 and s[1] < 0.25 and s[2] < 0.1
+    cal = calibration(est, err, test.labels)
+    assert np.all(np.isfinite(cal["z_std"])) and np.all(cal["z_std"] > 0.3)
+    a, b, c = fit_error_model(tab["snr"], tab["scatter"][:, 0])
+    assert a > 0 and c >= 0
+
+
+def test_bad_spectra_get_flagged_rows_and_the_batch_goes_on(demo_small):
+    em, train = demo_small
+    sp = make_demo(4, snr=100.0, seed=3, wave=train.wave)
+    flux, ivar = sp.flux.copy(), sp.ivar.copy()
+    ivar[1] = 0                                  # all pixels masked
+    flux[2, :100] = np.nan                       # NaN flux -> masked, still fitted
+    with pytest.warns(UserWarning, match="100 pixel"):
+        bad = Spectra(sp.wave, flux, ivar, meta=sp.meta)
+    cat = fit_map(em, bad, progress=False)
+    assert len(cat) == 4
+    assert cat["flag"][1] & FLAGS["no_data"] and np.isnan(cat["teff"][1])
+    assert "good pixel" in cat["status"][1]
+    assert cat["flag"][2] == 0 and np.isfinite(cat["teff"][2]) and cat["n_good_pix"][2] == sp.n_pix - 100
+    assert cat["flag"][0] == 0 and np.all(np.isfinite(cat["cov"][0]))
+
+
+def test_labels_far_outside_training_range_are_flagged(demo_small):
+    em, train = demo_small
+    from slambayes.datasets import demo_spectrum
+    flux = demo_spectrum([[3000.0, 0.0, 1.5]], wave=train.wave)
+    cat = fit_map(em, Spectra(train.wave, flux, np.full_like(flux, 1e4)), progress=False)
+    assert cat["flag"][0] & FLAGS["at_edge"]
+    assert "edge" in cat["status"][0]
+
+
+def test_other_wavelength_grid_is_a_clear_error(demo_small):
+    em, train = demo_small
+    sp = make_demo(2, wave=P.default_grid(4800, 5300, 1.0))
+    with pytest.raises(ValueError, match="another wavelength grid.*resample"):
+        fit_map(em, sp, progress=False)
+
+
+def test_gaussian_prior_moves_the_map(demo_small):
+    em, train = demo_small
+    sp = make_demo(3, snr=15.0, seed=8, wave=train.wave, ranges=[[5000, 6000], [3, 4], [-1, 0]])
+    free = fit_map(em, sp, progress=False)
+    tight = fit_map(em, sp, prior=_Gauss(["logg"], [2.0], [[0.05**2]]), progress=False)
+    assert np.all(np.abs(np.asarray(tight["logg"]) - 2.0) < 0.15)
+    assert np.all(np.abs(np.asarray(free["logg"]) - 2.0) > 0.5)
+    assert np.all(tight["logg_err"] < 0.05 + 1e-9)
+    with pytest.raises(KeyError, match="vmacro"):
+        fit_map(em, sp, prior=_Gauss(["vmacro"], [1.0], [[1.0]]), progress=False)
+
+
+def test_lm_and_trf_agree(demo_small):
+    em, train = demo_small
+    sp = make_demo(5, snr=100.0, seed=9, wave=train.wave, ranges=[[5000, 6500], [2, 4.5], [-1, 0]])
+    a = fit_map(em, sp, method="trf", progress=False)
+    b = fit_map(em, sp, method="lm", progress=False)
+    for n in em.label_names_:
+        assert np.allclose(a[n], b[n], rtol=0, atol=1e-3 * np.std(train.labels[:, em.label_names_.index(n)]))
+
+
+def test_deterministic_and_chunk_parallel_equal(demo_small):
+    em, train = demo_small
+    sp = make_demo(30, snr=30.0, seed=10, wave=train.wave)
+    a = fit_map(em, sp, chunk_size=30, n_jobs=1, progress=False)
+    b = fit_map(em, sp, chunk_size=7, n_jobs=2, progress=False)
+    assert list(a["id"]) == list(b["id"])
+    for n in em.label_names_:
+        assert np.array_equal(np.asarray(a[n]), np.asarray(b[n]))
+
+
+RUNNER = textwrap.dedent("""
+    import sys, time
+    from slambayes import Emulator, Spectra, fit_map
+    import slambayes.map_fit as mf
+    em = Emulator.load(sys.argv[1])
+    sp = Spectra.from_npz(sys.argv[2])
+    if sys.argv[4] == "slow":
+        orig = mf.fit_chunk
+        def slow(*a, **k):
+            time.sleep(0.4)
+            return orig(*a, **k)
+        mf.fit_chunk = slow
+    fit_map(em, sp, chunk_size=5, n_jobs=1, output=sys.argv[3], progress=False)
+    print("done")
+""")
+
+
+def test_sigkill_and_rerun_gives_identical_catalog(demo_small, tmp_path):
+    em, train = demo_small
+    model = tmp_path / "m.npz"
+    em.save(model)
+    sp = make_demo(60, snr=40.0, seed=12, wave=train.wave)
+    spath = tmp_path / "s.npz"
+    sp.to_npz(spath)
+    script = tmp_path / "run.py"
+    script.write_text(RUNNER)
+    ref = tmp_path / "ref.fits"
+    subprocess.run([sys.executable, str(script), str(model), str(spath), str(ref), "fast"], check=True)
+    out = tmp_path / "cat.fits"
+    proc = subprocess.Popen([sys.executable, str(script), str(model), str(spath), str(out), "slow"])
+    parts = tmp_path / "cat.fits.parts"
+    import time
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if parts.exists() and len(list(parts.glob("chunk-*.fits"))) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(parts.glob("chunk-*.fits")))
+    assert 3 <= n_done < 12 and not out.exists()
+    r = subprocess.run([sys.executable, str(script), str(model), str(spath), str(out), "fast"],
+                       check=True, capture_output=True, text=True)
+    assert "done" in r.stdout
+    from astropy.table import Table
+    a, b = Table.read(ref), Table.read(out)
+    assert len(b) == 60 and len(set(b["id"])) == 60
+    assert list(a["id"]) == list(b["id"]) == list(sp.meta["id"])
+    for n in a.colnames:
+        assert np.array_equal(np.asarray(a[n]), np.asarray(b[n])), n
+    assert not parts.exists()
+
+
+def test_output_of_another_run_is_refused(demo_small, tmp_path):
+    em, train = demo_small
+    out = tmp_path / "c.ecsv"
+    fit_map(em, make_demo(3, seed=1, wave=train.wave), output=out, progress=False)
+    again = fit_map(em, make_demo(3, seed=1, wave=train.wave), output=out, progress=False)
+    assert len(again) == 3
+    from slambayes.catalog import CatalogMismatchError
+    with pytest.raises(CatalogMismatchError, match="different run"):
+        fit_map(em, make_demo(3, seed=2, wave=train.wave), output=out, progress=False)
+    assert len(fit_map(em, make_demo(3, seed=2, wave=train.wave), output=out, overwrite=True,
+                       progress=False)) == 3
+
+
+@pytest.mark.slow
+def test_apogee_giants_five_fold_cv(bench_datasets):
+    preds, errs, truths = [], [], []
+    for split in bench_datasets.list_splits("apogee100"):
+        d = bench_datasets.load("apogee100", split)
+        tr = Spectra(d["wave"], d["train"]["flux"], d["train"]["ivar"], labels=d["train"]["labels"],
+                     label_names=d["label_names"])
+        em = Emulator(C=(1.0, 10.0, 100.0), gamma=(0.01, 0.1), n_jobs=2, progress=False).fit(tr)
+        cat = fit_map(em, Spectra(d["wave"], d["test"]["flux"], d["test"]["ivar"]), progress=False)
+        p, e = labels_from_catalog(cat, d["label_names"])
+        preds.append(p); errs.append(e); truths.append(d["test"]["labels"])
+    p, e, t = np.vstack(preds), np.vstack(errs), np.vstack(truths)
+    scatter, bias = scatter_bias(p, t)
+    baseline = np.std(t, axis=0)                     # the mean predictor's scatter
+    cal = calibration(p, e, t)
+    print(f"apogee100 5-fold CV scatter {scatter}, bias {bias}, mean-predictor {baseline}, "
+          f"z-std {cal['z_std']}")
+    assert np.all(scatter < 0.75 * baseline)
+    assert np.all(np.isfinite(cal["z_std"]))
