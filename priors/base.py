@@ -1,0 +1,66 @@
+"""The prior interface: `log_prob(labels)` in jax.numpy, `label_names`, `a + b`."""
+from __future__ import annotations
+
+__all__ = ["Prior", "ProductPrior"]
+
+
+class Prior:
+    """Base class of the prior plug-ins.
+
+    A prior names the labels it constrains (`label_names`) and returns
+    `log_prob(values)` where `values` has shape (..., len(label_names)) in
+    physical units, in the order of `label_names`; it broadcasts over leading
+    axes and is differentiable with jax. `a + b` is the product prior.
+    """
+
+    label_names: tuple = ()
+
+    def log_prob(self, values):
+        raise NotImplementedError
+
+    def gaussian_terms(self):
+        """((names, mean, cov), ...) if the prior is Gaussian (usable as MAP
+        residuals), else None."""
+        return None
+
+    def select(self, values, all_names):
+        """Pick this prior's columns from `values` (..., len(all_names))."""
+        missing = [n for n in self.label_names if n not in all_names]
+        if missing:
+            raise KeyError(f"prior {type(self).__name__} needs label(s) {missing}, "
+                           f"which the emulator does not have (it has {list(all_names)})")
+        idx = [list(all_names).index(n) for n in self.label_names]
+        return values[..., idx]
+
+    def log_prob_of(self, values, all_names):
+        """log_prob of full label vectors ordered as `all_names`."""
+        return self.log_prob(self.select(values, all_names))
+
+    def __add__(self, other):
+        return ProductPrior((self, other))
+
+
+class ProductPrior(Prior):
+    """The product of several priors (sum of their log densities)."""
+
+    def __init__(self, parts):
+        flat = []
+        for p in parts:
+            flat += list(p.parts) if isinstance(p, ProductPrior) else [p]
+        self.parts = tuple(flat)
+        names = []
+        for p in self.parts:
+            names += [n for n in p.label_names if n not in names]
+        self.label_names = tuple(names)
+
+    def log_prob(self, values):
+        return sum(p.log_prob_of(values, self.label_names) for p in self.parts)
+
+    def gaussian_terms(self):
+        terms = []
+        for p in self.parts:
+            t = p.gaussian_terms()
+            if t is None:
+                return None
+            terms += list(t)
+        return tuple(terms)

@@ -1,0 +1,39 @@
+"""`Uniform`: a box prior (default: the emulator's training label range)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Prior
+
+__all__ = ["Uniform"]
+
+
+class Uniform(Prior):
+    """Flat density inside [low, high] per label, −inf outside.
+
+    `Uniform.from_emulator(em)` uses the training label range.
+    """
+
+    def __init__(self, label_names, low, high):
+        self.label_names = tuple(label_names)
+        self.low = np.atleast_1d(np.asarray(low, float))
+        self.high = np.atleast_1d(np.asarray(high, float))
+        if np.any(self.high <= self.low):
+            raise ValueError("Uniform prior needs high > low for every label")
+        self._log_norm = -float(np.sum(np.log(self.high - self.low)))
+
+    @classmethod
+    def from_emulator(cls, emulator, pad=0.0):
+        span = emulator.label_max_ - emulator.label_min_
+        return cls(emulator.label_names_, emulator.label_min_ - pad * span,
+                   emulator.label_max_ + pad * span)
+
+    def log_prob(self, values):
+        import jax.numpy as jnp
+        v = jnp.asarray(values)
+        inside = jnp.all((v >= self.low) & (v <= self.high), axis=-1)
+        return jnp.where(inside, self._log_norm, -jnp.inf)
+
+    def sample(self, key, n):
+        import jax
+        return jax.random.uniform(key, (n, self.low.size), minval=self.low, maxval=self.high)
