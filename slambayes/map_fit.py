@@ -37,6 +37,7 @@ class MapSettings:
     method: str = "trf"
     max_nfev: int = 100
     edge_tol: float = 1e-3
+    jac: str = "analytic"     # or "2-point": finite differences, for benchmarks only
     prior_terms: tuple = ()   # ((label index array, mean, inverse Cholesky factor), ...)
 
 
@@ -133,7 +134,8 @@ def _fit_one(emulator, flux, weights, starts_std, lo, hi, settings):
     best = None
     for x0 in starts_std:
         x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
-        kw = dict(jac=prob.jacobian, x_scale="jac", max_nfev=settings.max_nfev)
+        jac = prob.jacobian if settings.jac == "analytic" else settings.jac
+        kw = dict(jac=jac, x_scale="jac", max_nfev=settings.max_nfev)
         if settings.method == "lm":
             res = least_squares(prob.residuals, x0, method="lm", **kw)
         else:
@@ -241,7 +243,8 @@ def _ids(spectra, id_column):
 
 def fit_map(emulator, spectra, prior=None, model_error="cv", n_starts=1,
             bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
-            output=None, overwrite=False, progress=True, id_column=None, max_nfev=100):
+            output=None, overwrite=False, progress=True, id_column=None, max_nfev=100,
+            jac="analytic"):
     """Maximum a posteriori labels for every spectrum.
 
     Parameters
@@ -258,6 +261,7 @@ def fit_map(emulator, spectra, prior=None, model_error="cv", n_starts=1,
     output : path (.fits, .ecsv, .parquet); rows are written as chunks finish and a
         re-run resumes (see `slambayes.catalog`)
     overwrite : discard an existing output of a different run
+    jac : "analytic" (default) or "2-point" (finite differences; for benchmarks)
 
     Returns
     -------
@@ -270,7 +274,7 @@ def fit_map(emulator, spectra, prior=None, model_error="cv", n_starts=1,
 
     check_grid(emulator, spectra)
     settings = MapSettings(model_error=model_error, n_starts=int(n_starts), bounds_pad=float(bounds_pad),
-                           method=method, max_nfev=int(max_nfev),
+                           method=method, max_nfev=int(max_nfev), jac=jac,
                            prior_terms=_gaussian_terms(prior, emulator.label_names_))
     if method not in ("trf", "lm", "dogbox"):
         raise ValueError(f"method must be 'trf', 'dogbox' or 'lm', not {method!r}")

@@ -1,0 +1,53 @@
+"""Acceptance figures on real and generated spectra (printed with -s)."""
+import warnings
+
+import numpy as np
+import pytest
+
+from slambayes import Emulator, Spectra, fit_map, join_labels, preprocess as P, read_lamost
+from slambayes.validation import calibration, labels_from_catalog, scatter_bias, scatter_by_snr
+
+
+@pytest.mark.slow
+def test_lamost_full_path_five_fold_cv(lamost_dir, lamost_catalog, bench_datasets):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sp = join_labels(read_lamost(lamost_dir), lamost_catalog, ["teff", "logg", "feh"])
+    sp = P.normalize(P.to_rest_frame(sp, rv_kms=np.asarray(sp.meta["rv"], float), wave=P.default_grid()))
+    assert sp.n_star == 131 and sp.n_pix == 1901
+    pred = np.full(sp.labels.shape, np.nan)
+    err = np.full(sp.labels.shape, np.nan)
+    for fold in bench_datasets.cv_folds(sp.n_star):
+        train = np.setdiff1d(np.arange(sp.n_star), fold)
+        em = Emulator(C=(1.0, 10.0, 100.0), gamma=(0.01, 0.1, 1.0), cv=3, n_jobs=2, block_size=64,
+                      progress=False).fit(sp[train])
+        cat = fit_map(em, sp[fold], progress=False)
+        pred[fold], err[fold] = labels_from_catalog(cat, em.label_names_)
+    scatter, bias = scatter_bias(pred, sp.labels)
+    cal = calibration(pred, err, sp.labels)
+    print(f"lamost131 (our preprocessing from raw FITS) 5-fold CV: scatter {np.round(scatter, 3)}, "
+          f"bias {np.round(bias, 3)}, z-std {np.round(cal['z_std'], 2)}")
+    assert np.all(np.isfinite(pred))
+    assert np.all(scatter < 0.75 * np.std(sp.labels, axis=0))
+
+
+@pytest.mark.slow
+def test_dwarfsim_recovery_improves_with_snr(bench_datasets):
+    d = bench_datasets.load("dwarfsim", "main")
+    pix = slice(None, None, 4)                      # keep the test fast: ~400 pixels
+    wave = d["wave"][pix]
+    tr = Spectra(wave, d["train"]["flux"][:600, pix], d["train"]["ivar"][:600, pix],
+                 labels=d["train"]["labels"][:600], label_names=d["label_names"])
+    em = Emulator(C=(10.0,), gamma=(0.1,), cv=3, n_jobs=2, block_size=64, progress=False).fit(tr)
+    sel = np.concatenate([np.flatnonzero(d["test"]["snr"] == s)[:50] for s in (20.0, 50.0, 100.0, 200.0)])
+    te = Spectra(wave, d["test"]["flux"][sel][:, pix], d["test"]["ivar"][sel][:, pix])
+    cat = fit_map(em, te, progress=False)
+    est, err = labels_from_catalog(cat, em.label_names_)
+    truth, snr = d["test"]["labels"][sel], d["test"]["snr"][sel]
+    tab = scatter_by_snr(est, truth, snr, (20.0, 50.0, 100.0, 200.0))
+    for row in tab:
+        z = calibration(est[snr == row["snr"]], err[snr == row["snr"]], truth[snr == row["snr"]])["z_std"]
+        print(f"dwarfsim S/N {row['snr']:.0f}: scatter {np.round(row['scatter'], 3)} z-std {np.round(z, 2)}")
+    s = tab["scatter"]
+    assert np.all(s[0] > s[-1])                     # every label: worse at S/N 20 than at 200
+    assert s[-1][0] < 150 and s[-1][1] < 0.15
