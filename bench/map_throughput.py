@@ -60,6 +60,15 @@ def main():
     em = Emulator(C=(args.C,), gamma=(args.gamma,), cv=args.cv, n_jobs=-1, block_size=64).fit(train)
     t_train = time.perf_counter() - t0
     print(f"trained {train.n_pix}-pixel model on {train.n_star} spectra in {t_train:.0f} s (cv={args.cv})")
+    for m in (1, 1000):
+        labels = em.from_std(em.X_train_[:m])
+        em.predict(labels)
+        reps = max(1, int(200 / m))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            em.predict(labels)
+        dt = (time.perf_counter() - t0) / reps
+        print(f"predict {m} label vector(s) on {em.wave_.size} px: {dt * 1e3:.2f} ms")
     f, iv, lab = draw(np.random.default_rng(2), args.n_test, 50.0)
     test = Spectra(wave, f, iv)
     fit_map(em, test[:4], progress=False)                         # warm-up

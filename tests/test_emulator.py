@@ -134,3 +134,18 @@ def test_real_apogee_giants(bench_datasets):
     rms_mean = np.sqrt(np.mean((d["test"]["flux"] - em.flux_mean_)[good] ** 2))
     print(f"held-out rms: model {rms_model:.4f}, mean spectrum {rms_mean:.4f}")
     assert rms_model < 0.75 * rms_mean
+
+
+def test_coefficients_of_dependence_follow_the_physics():
+    from slambayes.datasets import make_demo
+    from slambayes.dependence import coefficients_of_dependence
+    from slambayes.preprocess import default_grid
+    wave = np.array([4340.0, 4341.7, 5168.9, 5174.1, 5185.0, 5700.0])   # Hγ core, Mg b, continuum
+    wave = np.sort(np.r_[wave, default_grid(4860, 4864, 2.0)])
+    sp = make_demo(200, snr=200.0, seed=4, wave=wave, ranges=[[6000, 7500], [3, 5], [-2, 0.5]])
+    cod = coefficients_of_dependence(sp, C=(10.0,), gamma=(0.3,), cv=3, n_jobs=1, progress=False)
+    assert cod.shape == (3, wave.size)
+    hg = np.flatnonzero(np.isclose(wave, 4341.7))[0]
+    mgb = np.flatnonzero(np.isclose(wave, 5185.0))[0]
+    assert cod[0, hg] > cod[2, hg]          # Balmer core: Teff matters more than [Fe/H]
+    assert cod[2, mgb] > cod[1, mgb]        # Mg b: [Fe/H] matters more than log g
