@@ -12,8 +12,7 @@ from astropy.table import Table, join
 from ._interp import interp_rows
 from .spectra import Spectra
 
-__all__ = ["read_lamost", "read_lamost_file", "read_label_catalog", "join_labels",
-           "read_spectra", "SpectrumReadError"]
+__all__ = ["read_lamost", "read_lamost_file", "read_label_catalog", "join_labels", "SpectrumReadError"]
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +209,3 @@ def join_labels(spectra, catalog, label_names, key="filename", drop_missing=True
     out = spectra.replace(labels=labels, label_names=list(label_names), meta=meta)
     return out[hit] if drop_missing else out
 
-
-def read_spectra(paths, **kw):
-    """Read spectra from npz (one file) or LAMOST FITS files/directories."""
-    paths = _expand_paths(paths)
-    if len(paths) == 1 and paths[0].suffix == ".npz":
-        return Spectra.from_npz(paths[0])
-    bad = [p for p in paths if not p.exists()]
-    if bad:
-        raise FileNotFoundError(f"no such file(s): {', '.join(map(str, bad[:5]))}")
-    return read_lamost(paths, **kw)

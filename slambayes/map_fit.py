@@ -151,8 +151,7 @@ def _fit_one(emulator, flux, weights, starts_std, lo, hi, settings):
     except np.linalg.LinAlgError:
         cov_std = np.linalg.pinv(J.T @ J)
     chi2 = float(r[:n_pix_res] @ r[:n_pix_res])
-    model = emulator.flux_mean_ + emulator.flux_std_ * emulator.expansion.predict(theta[None])[0]
-    resid = (flux - model)[weights > 0]
+    resid = r[:n_pix_res] / prob.sw          # un-whitened: flux − model on the good pixels
     at_edge = bool(np.any(theta <= lo + settings.edge_tol) or np.any(theta >= hi - settings.edge_tol))
     flag = (0 if best.success else FLAGS["not_converged"]) | (FLAGS["at_edge"] if at_edge else 0)
     status = best.message + (" | at the edge of the training label range" if at_edge else "")
