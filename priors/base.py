@@ -14,9 +14,16 @@ class Prior:
     """
 
     label_names: tuple = ()
+    #: nuisance parameters this prior needs besides the emulator's labels, as
+    #: {name: (low, high)} in physical units; samplers sample them too
+    nuisance: dict = {}
 
     def log_prob(self, values):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define log_prob(values)")
+
+    def support(self):
+        """{name: (low, high)}: hard bounds this prior imposes (samplers respect them)."""
+        return {}
 
     def gaussian_terms(self):
         """((names, mean, cov), ...) if the prior is Gaussian (usable as MAP
@@ -52,9 +59,20 @@ class ProductPrior(Prior):
         for p in self.parts:
             names += [n for n in p.label_names if n not in names]
         self.label_names = tuple(names)
+        self.nuisance = {}
+        for p in self.parts:
+            self.nuisance.update(p.nuisance)
 
     def log_prob(self, values):
         return sum(p.log_prob_of(values, self.label_names) for p in self.parts)
+
+    def support(self):
+        out = {}
+        for p in self.parts:
+            for name, (lo, hi) in p.support().items():
+                a, b = out.get(name, (-float("inf"), float("inf")))
+                out[name] = (max(a, lo), min(b, hi))
+        return out
 
     def gaussian_terms(self):
         terms = []

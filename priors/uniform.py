@@ -34,6 +34,9 @@ class Uniform(Prior):
         inside = jnp.all((v >= self.low) & (v <= self.high), axis=-1)
         return jnp.where(inside, self._log_norm, -jnp.inf)
 
+    def support(self):
+        return {n: (float(a), float(b)) for n, a, b in zip(self.label_names, self.low, self.high)}
+
     def sample(self, key, n):
         import jax
         return jax.random.uniform(key, (n, self.low.size), minval=self.low, maxval=self.high)

@@ -103,6 +103,102 @@ def cmd_fit(a):
     print(f"{len(cat)} spectra fitted, {n_bad} flagged; catalog written to {a.out}")
 
 
+def parse_prior(text, emulator):
+    """'name' or 'name:key=value,key=value' → a prior object; '+'-joined texts multiply."""
+    from . import priors
+
+    parts = []
+    for item in text.split("+"):
+        name, _, args = item.strip().partition(":")
+        kw = {}
+        for pair in filter(None, (p.strip() for p in args.split(","))):
+            key, eq, value = pair.partition("=")
+            if not eq:
+                raise CLIError(f"prior argument {pair!r} in {item!r} is not key=value")
+            try:
+                kw[key.strip()] = float(value)
+            except ValueError:
+                kw[key.strip()] = value.strip()
+        key = name.lower().replace("_", "")
+        if key == "uniform" and not kw:
+            parts.append(priors.Uniform.from_emulator(emulator))
+        elif key == "trainingdensity" and "labels" not in kw:
+            parts.append(priors.TrainingDensity(emulator, **kw))
+        else:
+            try:
+                parts.append(priors.get(name, **kw))
+            except TypeError as exc:
+                raise CLIError(f"prior {name!r}: {exc}") from None
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
+def _select_star(sp, star):
+    if star is None:
+        if sp.n_star != 1:
+            raise CLIError(f"the input holds {sp.n_star} spectra; choose one with --star ID or INDEX")
+        return sp
+    if sp.meta is not None and "id" in sp.meta.colnames:
+        hit = np.flatnonzero(np.asarray(sp.meta["id"]).astype(str) == star)
+        if hit.size:
+            return sp[int(hit[0]):int(hit[0]) + 1]
+    if star.isdigit() and int(star) < sp.n_star:
+        return sp[int(star):int(star) + 1]
+    raise CLIError(f"no star {star!r} in the input ({sp.n_star} spectra; give an id or a 0-based index)")
+
+
+def cmd_sample(a):
+    from .emulator import Emulator
+    from .sampling import enable_compilation_cache, sample
+
+    em = Emulator.load(a.model)
+    sp = _select_star(load_fit_set(a.spectra, em.wave_), a.star)
+    prior = parse_prior(a.prior, em) if a.prior else None
+    enable_compilation_cache()
+    idata = sample(em, sp, prior=prior, sampler=a.sampler, num_warmup=a.num_warmup,
+                   num_samples=a.num_samples, num_chains=a.num_chains, num_walkers=a.num_walkers,
+                   seed=a.seed, model_error=a.model_error)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    idata.to_netcdf(str(tmp))
+    tmp.replace(out)
+    print(f"{a.sampler}: {idata.posterior.sizes['chain']} × {idata.posterior.sizes['draw']} draws in "
+          f"{idata.posterior.attrs['sampling_time_s']:.1f} s; written to {out}")
+    print(f"next: slambayes diagnose {out}")
+
+
+def cmd_diagnose(a):
+    import arviz as az
+    import matplotlib
+    matplotlib.use("Agg")
+    from .diagnostics import compare_to_laplace, plot_corner, plot_spectrum, plot_trace
+
+    path = Path(a.posterior)
+    if not path.exists():
+        raise CLIError(f"no such file: {path}")
+    try:
+        idata = az.from_netcdf(str(path))
+    except Exception as exc:                      # netCDF/HDF5 raise many types
+        raise CLIError(f"{path} is not an InferenceData netCDF file: {exc}") from None
+    if "map_names" not in idata.posterior.attrs:
+        raise CLIError(f"{path} was not written by `slambayes sample` (no MAP in its attributes)")
+    t = compare_to_laplace(idata)
+    for col in t.colnames[1:]:
+        t[col].format = ".4g"
+    t.pprint(max_width=200)
+    m = t.meta
+    print(f"divergences {m['divergences']}  KL(post‖LM) {m['kl']:.3f} nats  sampling_ok {m['sampling_ok']}  "
+          f"laplace_ok {m['laplace_ok']}")
+    out = Path(a.out_dir or path.with_suffix(""))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fn in (("corner", plot_corner), ("trace", plot_trace), ("spectrum", plot_spectrum)):
+        fn(idata, path=out / f"{name}.png")
+        print(f"wrote {out / (name + '.png')}")
+
+
 def cmd_demo(a):
     from .demo import run_demo
 
@@ -148,6 +244,27 @@ def build_parser():
     f.add_argument("--scheduler", help="dask.distributed scheduler address")
     f.add_argument("--overwrite", action="store_true")
     f.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("sample", help="posterior of one star (NUTS or emcee) → InferenceData .nc")
+    s.add_argument("--model", required=True)
+    s.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS file(s)")
+    s.add_argument("--star", help="id (meta column 'id') or 0-based index, if the input has several")
+    s.add_argument("--prior", help="e.g. 'parallax:parallax_mas=2.1,parallax_err_mas=0.05,mag=11.2' "
+                                    "or 'galacticmodel:l_deg=30,b_deg=60+trainingdensity'")
+    s.add_argument("--sampler", default="nuts", choices=("nuts", "emcee"))
+    s.add_argument("--num-warmup", type=int, default=1000)
+    s.add_argument("--num-samples", type=int, default=1000)
+    s.add_argument("--num-chains", type=int, default=4)
+    s.add_argument("--num-walkers", type=int, default=32)
+    s.add_argument("--model-error", default="cv", choices=("none", "cv", "cv_minus_noise"))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="netCDF file to write, e.g. star.nc")
+    s.set_defaults(func=cmd_sample)
+
+    g = sub.add_parser("diagnose", help="posterior vs LM Laplace table and plots for a .nc file")
+    g.add_argument("posterior", help="file written by `slambayes sample`")
+    g.add_argument("--out-dir", help="folder for the plots (default: beside the file)")
+    g.set_defaults(func=cmd_diagnose)
 
     return p
 

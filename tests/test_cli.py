@@ -50,3 +50,29 @@ def test_train_on_lamost_fits_with_catalog(lamost_dir, lamost_catalog, tmp_path)
     from slambayes import Emulator
     em = Emulator.load(out)
     assert em.X_train_.shape == (131, 3) and em.wave_.size == 1901
+
+
+def test_sample_then_diagnose(demo_small, tmp_path, capsys):
+    em, train = demo_small
+    em.save(tmp_path / "m.npz")
+    wave = em.wave_
+    test = make_demo(3, snr=60.0, seed=5, wave=wave)
+    test.to_npz(tmp_path / "stars.npz")
+    nc = tmp_path / "star.nc"
+    args = ["sample", "--model", str(tmp_path / "m.npz"), "--spectra", str(tmp_path / "stars.npz"),
+            "--num-warmup", "200", "--num-samples", "200", "--num-chains", "2", "--out", str(nc)]
+    assert main(args) == 2                                   # three stars, none chosen
+    assert "--star" in capsys.readouterr().err
+    assert main(args + ["--star", "1", "--prior", "parallax:parallax_mas=1.5,parallax_err_mas=0.1,mag=12"]) == 0
+    assert "slambayes diagnose" in capsys.readouterr().out
+    assert main(["diagnose", str(nc), "--out-dir", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    assert "laplace_ok" in out and "mass" in out            # the nuisance mass is in the table
+    for name in ("corner", "trace", "spectrum"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 10_000
+    assert main(["sample", "--model", str(tmp_path / "m.npz"), "--spectra", str(tmp_path / "stars.npz"),
+                 "--star", "0", "--prior", "parallax:parallax_mas=1.5", "--out", str(nc)]) == 2
+    assert "parallax" in capsys.readouterr().err.lower()
+    (tmp_path / "junk.nc").write_bytes(b"not netcdf")
+    assert main(["diagnose", str(tmp_path / "junk.nc")]) == 2
+    assert "junk.nc" in capsys.readouterr().err

@@ -32,13 +32,9 @@ def test_lamost_full_path_five_fold_cv(lamost_dir, lamost_catalog, bench_dataset
 
 
 @pytest.mark.slow
-def test_dwarfsim_recovery_improves_with_snr(bench_datasets):
-    d = bench_datasets.load("dwarfsim", "main")
-    pix = slice(None, None, 4)                      # keep the test fast: ~400 pixels
+def test_dwarfsim_recovery_improves_with_snr(dwarf_emulator):
+    em, d, pix = dwarf_emulator                     # every 4th selected pixel keeps the test fast
     wave = d["wave"][pix]
-    tr = Spectra(wave, d["train"]["flux"][:600, pix], d["train"]["ivar"][:600, pix],
-                 labels=d["train"]["labels"][:600], label_names=d["label_names"])
-    em = Emulator(C=(10.0,), gamma=(0.1,), cv=3, n_jobs=2, block_size=64, progress=False).fit(tr)
     sel = np.concatenate([np.flatnonzero(d["test"]["snr"] == s)[:50] for s in (20.0, 50.0, 100.0, 200.0)])
     te = Spectra(wave, d["test"]["flux"][sel][:, pix], d["test"]["ivar"][sel][:, pix])
     cat = fit_map(em, te, progress=False)

@@ -1,0 +1,214 @@
+"""slambayes side by side with astroslam and The Cannon, on identical inputs and splits.
+
+    bench/peers/setup.sh                       # once: the peers' venv (bench/.venv-peers)
+    python bench/compare.py --dataset apogee100 [--methods slambayes,astroslam,cannon]
+    python bench/compare.py --dataset lamost131      # pipeline-normalized LAMOST (protocol)
+    python bench/compare.py --dataset lamost131raw   # the same stars through OUR preprocessing of the raw FITS
+    python bench/compare.py --dataset dwarfsim
+
+The datasets, splits and ivar rules come from ../shared/bench/datasets.py (the
+benchmark protocol, imported, not re-implemented). slambayes runs in this
+interpreter; each peer runs in its own subprocess in the peers' venv
+(bench/peers/run_peer.py). Hyperparameters for both SVR methods: C ∈ {1, 10, 100},
+γ ∈ {0.01, 0.1, 1}, ε = 0.05, 5-fold CV (3-fold on dwarfsim); The Cannon:
+quadratic, its defaults. Prints one table (CV scatter, bias, MAE, median formal
+error, z-score std per label; training wall time per fold; MAP seconds per
+spectrum) with the ratios slambayes/peer, and for dwarfsim the same per S/N with
+the Cramér–Rao bound of the generating model. Writes bench/compare_<dataset>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared"
+sys.path.insert(0, str(SHARED / "bench"))
+import datasets as D  # noqa: E402  the benchmark protocol
+
+PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+C_GRID, GAMMA_GRID, EPSILON = (1.0, 10.0, 100.0), (0.01, 0.1, 1.0), 0.05
+METHODS = ("slambayes", "astroslam", "cannon")
+
+
+# ------------------------------------------------------------------ methods
+def run_slambayes(split, n_jobs, cv):
+    from slambayes import Emulator, Spectra, fit_map
+    from slambayes.validation import labels_from_catalog
+
+    tr, te = split["train"], split["test"]
+    train = Spectra(split["wave"], tr["flux"], tr["ivar"], labels=tr["labels"], label_names=split["label_names"])
+    t0 = time.perf_counter()
+    em = Emulator(C=C_GRID, gamma=GAMMA_GRID, epsilon=EPSILON, cv=cv, n_jobs=n_jobs, progress=False).fit(train)
+    train_s = time.perf_counter() - t0
+    test = Spectra(split["wave"], te["flux"], te["ivar"])
+    t0 = time.perf_counter()
+    cat = fit_map(em, test, n_jobs=n_jobs, chunk_size=max(1, -(-test.n_star // n_jobs)), progress=False)
+    fit_s = time.perf_counter() - t0
+    pred, err = labels_from_catalog(cat, em.label_names_)
+    return pred, err, train_s, fit_s
+
+
+def run_peer(method, split, n_jobs, cv):
+    if not PEER_PYTHON.exists():
+        raise SystemExit(f"{PEER_PYTHON} not found: run bench/peers/setup.sh first")
+    tr, te = split["train"], split["test"]
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inp, train_flux=tr["flux"], train_ivar=tr["ivar"], train_labels=tr["labels"],
+                 test_flux=te["flux"], test_ivar=te["ivar"], wave=split["wave"],
+                 C=np.array(C_GRID), gamma=np.array(GAMMA_GRID), epsilon=EPSILON)
+        r = subprocess.run([str(PEER_PYTHON), str(HERE / "peers" / "run_peer.py"), method, str(inp), str(out),
+                            "--n-jobs", str(n_jobs), "--cv", str(cv)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{method} failed:\n{r.stderr[-3000:]}")
+        o = np.load(out)
+        return o["pred"], o["err"], float(o["train_s"]), float(o["fit_s"])
+
+
+# ------------------------------------------------------------------ data
+def load_lamost131raw():
+    """The LAMOST stars from the raw FITS through slambayes' preprocessing, 5 folds."""
+    from slambayes import join_labels, preprocess as P, read_lamost
+
+    base = D.DATA_DIR / "lamost_dr1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sp = join_labels(read_lamost(base / "spectra", progress=False), base / "lasp_catalog.csv",
+                         ["teff", "logg", "feh"])
+    sp = P.normalize(P.to_rest_frame(sp, rv_kms=np.asarray(sp.meta["rv"], float), wave=P.default_grid()))
+    flux = np.where(sp.ivar > 0, sp.flux, 1.0)
+    splits = []
+    for k, te in enumerate(D.cv_folds(sp.n_star)):
+        trn = np.setdiff1d(np.arange(sp.n_star), te)
+        take = lambda ix: dict(flux=flux[ix], ivar=sp.ivar[ix], labels=sp.labels[ix], index=ix)  # noqa: E731
+        splits.append(dict(train=take(trn), test=take(te), label_names=sp.label_names, wave=sp.wave,
+                           dataset="lamost131raw", split=k))
+    return splits
+
+
+def load_splits(name):
+    if name == "lamost131raw":
+        return load_lamost131raw()
+    return [D.load(name, s) for s in D.list_splits(name)]
+
+
+# ------------------------------------------------------------------ statistics
+def stats(pred, err, truth):
+    res = pred - truth
+    z = res / err
+    ok = np.isfinite(z)
+    return dict(scatter=np.nanstd(res, 0), bias=np.nanmean(res, 0), mae=np.nanmean(np.abs(res), 0),
+                median_err=np.nanmedian(err, 0),
+                z_std=np.array([np.std(z[ok[:, j], j]) for j in range(z.shape[1])]),
+                n_failed=int((~np.all(np.isfinite(pred), 1)).sum()))
+
+
+def fmt(v):
+    return " / ".join(f"{x:.3g}" for x in np.atleast_1d(v))
+
+
+def crlb_by_snr():
+    """Median Cramér–Rao bound per S/N from ../shared/bench/crlb.py (it prints as it runs)."""
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        import crlb
+    return {float(k): np.asarray(v, float) for k, v in crlb.out.items()}
+
+
+# ------------------------------------------------------------------ main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, choices=("apogee100", "lamost131", "lamost131raw", "dwarfsim"))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--n-jobs", type=int, default=2)
+    args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",")]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+    cv = 3 if args.dataset == "dwarfsim" else 5
+    splits = load_splits(args.dataset)
+    names = splits[0]["label_names"]
+    n_total = sum(len(s["test"]["labels"]) for s in splits)
+    print(f"{args.dataset}: {len(splits)} split(s), {n_total} test spectra × {len(splits[0]['wave'])} px, "
+          f"labels {names}; SVR grid C {C_GRID} × γ {GAMMA_GRID}, ε {EPSILON}, {cv}-fold CV; "
+          f"The Cannon quadratic")
+    results = {}
+    for m in methods:
+        preds, errs, truths, snrs, train_s, fit_s = [], [], [], [], [], 0.0
+        for s in splits:
+            t0 = time.perf_counter()
+            fn = run_slambayes if m == "slambayes" else (lambda sp, n, c, m=m: run_peer(m, sp, n, c))
+            p, e, tr_s, f_s = fn(s, args.n_jobs, cv)
+            preds.append(p), errs.append(e), truths.append(s["test"]["labels"])
+            snrs.append(s["test"].get("snr", np.full(len(p), np.nan)))
+            train_s.append(tr_s)
+            fit_s += f_s
+            print(f"  {m:10s} split {s['split']}: train {tr_s:7.1f} s, fit {f_s:7.1f} s "
+                  f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
+        pred, err, truth, snr = (np.vstack(preds), np.vstack(errs), np.vstack(truths), np.concatenate(snrs))
+        r = dict(all=stats(pred, err, truth), train_s_per_fold=float(np.mean(train_s)),
+                 fit_s_per_spectrum=fit_s / len(pred))
+        if args.dataset == "dwarfsim":
+            r["by_snr"] = {float(v): stats(pred[snr == v], err[snr == v], truth[snr == v])
+                           for v in D.DWARF_TEST_SNRS}
+        results[m] = r
+
+    print(f"\n{args.dataset}: labels {' / '.join(names)}")
+    print(f"{'method':10s} {'scatter':>28s} {'bias':>26s} {'MAE':>24s} {'median σ':>24s} {'z-std':>18s}"
+          f" {'train s/fold':>12s} {'MAP s/spec':>11s}")
+    for m, r in results.items():
+        a = r["all"]
+        print(f"{m:10s} {fmt(a['scatter']):>28s} {fmt(a['bias']):>26s} {fmt(a['mae']):>24s} "
+              f"{fmt(a['median_err']):>24s} {fmt(a['z_std']):>18s} {r['train_s_per_fold']:12.1f} "
+              f"{r['fit_s_per_spectrum']:11.4f}")
+    if "slambayes" in results:
+        ours = results["slambayes"]
+        for m, r in results.items():
+            if m == "slambayes":
+                continue
+            ratio = ours["all"]["scatter"] / r["all"]["scatter"]
+            results[m]["ratio_scatter_slambayes_over_peer"] = ratio
+            t_ratio = ours["fit_s_per_spectrum"] / r["fit_s_per_spectrum"]
+            tr_ratio = ours["train_s_per_fold"] / r["train_s_per_fold"]
+            print(f"slambayes/{m:9s} scatter {fmt(ratio)}  |  MAP time {t_ratio:.3g} "
+                  f"({1 / t_ratio:.1f}× faster)  |  training time {tr_ratio:.3g}")
+    if args.dataset == "dwarfsim":
+        bound = crlb_by_snr()
+        print("\nper S/N: scatter (Teff / log g / [Fe/H] / [Mg/Fe]), z-std, scatter / CRLB")
+        for v in D.DWARF_TEST_SNRS:
+            print(f"S/N {v:5.0f}: CRLB {fmt(bound[v])}")
+            for m, r in results.items():
+                b = r["by_snr"][v]
+                b["scatter_over_crlb"] = b["scatter"] / bound[v]
+                print(f"   {m:10s} scatter {fmt(b['scatter']):>30s}  z-std {fmt(b['z_std']):>22s}  "
+                      f"/CRLB {fmt(b['scatter_over_crlb'])}")
+        results["crlb"] = {str(k): v for k, v in bound.items()}
+
+    def jsonable(o):
+        if isinstance(o, dict):
+            return {str(k): jsonable(v) for k, v in o.items()}
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        return o
+    out = HERE / f"compare_{args.dataset}.json"
+    out.write_text(json.dumps(dict(dataset=args.dataset, label_names=list(names), cv=cv,
+                                   C=C_GRID, gamma=GAMMA_GRID, epsilon=EPSILON, methods=jsonable(results),
+                                   date=time.strftime("%Y-%m-%d %H:%M")), indent=1))
+    print(f"\nwritten {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Posterior sampling speed on a full-size APOGEE model (benchmark, not a test).
+
+One generated dwarf (S/N 100) on the 7214-pixel emulator of
+`bench/map_throughput.py`: wall time of NumPyro NUTS, 4 chains × 1000 draws
+(1000 warm-up), with chain_method "sequential" and "vectorized"; then emcee
+run long enough to reach the same minimum bulk ESS, and the ratio of the two.
+Compilation is reported separately (the jax persistent cache removes it from
+later runs).
+
+    python bench/posterior_speed.py [--model bench/.cache/dwarf7214.npz]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from map_throughput import draw  # noqa: E402  same generated spectra and grid
+
+import arviz as az  # noqa: E402
+
+from slambayes import Emulator, Spectra  # noqa: E402
+from slambayes.posterior import Posterior  # noqa: E402
+from slambayes.sampling import sample  # noqa: E402
+import datasets as D  # noqa: E402  (put on sys.path by map_throughput)
+
+
+def min_ess(idata, names):
+    return float(min(az.ess(idata, var_names=names)[n] for n in names))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(Path(__file__).parent / ".cache" / "dwarf7214.npz"),
+                    help="model file; trained (1000 stars, C=10, γ=0.1) and written here if missing")
+    ap.add_argument("--walkers", type=int, default=32)
+    ap.add_argument("--nuts-reference", metavar="ESS,SECONDS",
+                    help="skip the NUTS runs and compare emcee with this earlier NUTS result")
+    args = ap.parse_args()
+    names = ["teff", "logg", "feh", "mgfe"]
+    wave = np.load(D.DATA_DIR / "apogee_dwarf_emulator" / "apogee_wavelength.npz")["wavelength"]
+    path = Path(args.model)
+    if path.exists():
+        em = Emulator.load(path)
+    else:
+        f, iv, lab = draw(np.random.default_rng(1), 1000, 100.0)
+        t0 = time.perf_counter()
+        em = Emulator(C=(10.0,), gamma=(0.1,), cv=0, n_jobs=-1, block_size=64).fit(
+            Spectra(wave, f, iv, labels=lab, label_names=names))
+        print(f"trained 7214-px model in {time.perf_counter() - t0:.0f} s")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        em.save(path)
+    f, iv, lab = draw(np.random.default_rng(7), 1, 100.0)
+    star = Spectra(wave, f, iv)
+    post = Posterior(em)
+    t0 = time.perf_counter()
+    m = post.find_map(star)
+    print(f"star: truth {np.round(lab[0], 3)}, MAP {np.round(m['values'], 3)} ({time.perf_counter() - t0:.2f} s)")
+    rows = []
+    if args.nuts_reference:
+        ess, wall = (float(v) for v in args.nuts_reference.split(","))
+        rows.append(("reference", "second", wall, ess))
+    for method in () if args.nuts_reference else ("sequential", "vectorized"):
+        for attempt in ("first (with compilation)", "second"):
+            t0 = time.perf_counter()
+            idata = sample(post, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
+                           chain_method=method, map_row=m, progress=False)
+            wall = time.perf_counter() - t0
+            ess = min_ess(idata, names)
+            div = int(idata.sample_stats["diverging"].sum())
+            print(f"NUTS 4×1000 {method:10s} {attempt:25s}: {wall:6.1f} s, min bulk ESS {ess:.0f}, "
+                  f"divergences {div}, mean leapfrog steps {float(idata.sample_stats['n_steps'].mean()):.1f}")
+            rows.append((method, attempt, wall, ess))
+    nuts_wall, nuts_ess = min((r[2], r[3]) for r in rows if r[1] == "second")
+    pilot_steps = 1000
+    t0 = time.perf_counter()
+    pilot = sample(post, star, sampler="emcee", num_warmup=500, num_samples=pilot_steps,
+                   num_walkers=args.walkers, seed=0, map_row=m, progress=False)
+    t_pilot = time.perf_counter() - t0
+    ess_per_step = min_ess(pilot, names) / pilot_steps
+    steps = int(np.ceil(nuts_ess / ess_per_step))
+    t0 = time.perf_counter()
+    run = sample(post, star, sampler="emcee", num_warmup=500, num_samples=steps,
+                 num_walkers=args.walkers, seed=1, map_row=m, progress=False)
+    emcee_wall = time.perf_counter() - t0
+    emcee_ess = min_ess(run, names)
+    print(f"emcee pilot {args.walkers} walkers × 1500 steps: {t_pilot:.1f} s; ESS/step {ess_per_step:.3f}")
+    print(f"emcee to ESS {nuts_ess:.0f}: {steps} steps + 500 warm-up → {emcee_wall:.1f} s, "
+          f"min bulk ESS reached {emcee_ess:.0f}")
+    print(f"ratio emcee / NUTS wall time at equal ESS: {emcee_wall / nuts_wall:.2f}  "
+          f"(ESS per second: NUTS {nuts_ess / nuts_wall:.1f}, emcee {emcee_ess / emcee_wall:.1f})")
+
+
+if __name__ == "__main__":
+    main()

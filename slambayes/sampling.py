@@ -1,0 +1,209 @@
+"""Full posteriors of one star's labels: NumPyro NUTS or emcee → `arviz.InferenceData`.
+
+Both samplers evaluate the same jax log density (`slambayes.posterior.Posterior`:
+Eq. 8 + prior, in numpyro's unconstrained space of the support box) and start
+at the MAP. The InferenceData holds:
+
+- ``posterior``: one variable per label and nuisance parameter, physical units,
+  dims (chain, draw); for emcee each walker is a chain;
+- ``sample_stats``: ``lp`` (log posterior), and for NUTS ``diverging``,
+  ``n_steps``, ``acceptance_rate``, ``energy``, ``step_size``;
+- ``log_likelihood``: ``spectrum`` = Eq. 8 summed over pixels, (chain, draw);
+- ``observed_data``: ``flux`` (wave); ``constant_data``: ``ivar``,
+  ``sigma_model``, ``model_map``, ``model_median`` (wave);
+- ``posterior.attrs``: the MAP (``map_names``, ``map_values``, ``map_cov``
+  flattened, ``map_method``) and the run settings.
+
+Write it with ``idata.to_netcdf("star.nc")``; `slambayes diagnose star.nc` reads it.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .posterior import Posterior
+
+__all__ = ["sample", "run_nuts", "run_emcee", "to_inference_data", "map_from_idata",
+           "enable_compilation_cache"]
+
+SAMPLERS = ("nuts", "emcee")
+
+
+def enable_compilation_cache(path=None):
+    """Keep compiled samplers on disk (jax persistent cache), so that sampling many
+    stars, or a new session, does not recompile (~1–10 s per run otherwise:
+    numpyro builds a fresh jitted loop in every `MCMC.run`). Returns the folder."""
+    import os
+    import jax
+
+    path = path or os.path.join(os.path.expanduser("~"), ".cache", "slambayes", "jax")
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path
+
+
+def _initial_points(post, map_row, n, rng, spread=0.1):
+    """n starting points in standardized units: the MAP plus `spread` × its Laplace σ."""
+    theta = post.to_std(map_row["values"])
+    cov = np.asarray(map_row["cov"], float) / np.outer(post.scale, post.scale)
+    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1e-3)
+    pts = theta + spread * sd * rng.standard_normal((n, theta.size))
+    margin = 1e-6 * (post.high_std - post.low_std)
+    return np.clip(np.nan_to_num(pts), post.low_std + margin, post.high_std - margin)
+
+
+def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
+             chain_method="sequential", target_accept_prob=0.8, dense_mass=True, progress=True):
+    """NUTS chains → (θ_std (chain, draw, n_par), stats dict of (chain, draw) arrays).
+
+    The compiled sampler is cached on `post`, so running many stars with one
+    `Posterior` (simulation-based calibration, a list of chosen stars) compiles once.
+    """
+    import jax
+    from numpyro.infer import MCMC, NUTS
+
+    key = ("nuts", num_warmup, num_samples, num_chains, chain_method, target_accept_prob, dense_mass, progress)
+
+    def make():
+        kernel = NUTS(post.model, target_accept_prob=target_accept_prob, dense_mass=dense_mass)
+        return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=chain_method, progress_bar=progress, jit_model_args=True)
+    mcmc = post._jitted(key, make)
+    init = post.to_unconstrained(_initial_points(post, map_row, num_chains, np.random.default_rng(seed)))
+    mcmc.run(jax.random.PRNGKey(seed), *data, init_params={"theta": init if num_chains > 1 else init[0]},
+             extra_fields=("diverging", "num_steps", "accept_prob", "energy", "potential_energy",
+                           "adapt_state.step_size"))
+    theta = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"], float)
+    ex = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    stats = dict(lp=-ex["potential_energy"], diverging=ex["diverging"].astype(bool),
+                 n_steps=ex["num_steps"], acceptance_rate=ex["accept_prob"], energy=ex["energy"],
+                 step_size=ex["adapt_state.step_size"])
+    return theta.reshape(num_chains, num_samples, -1), stats
+
+
+def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walkers=32, seed=0,
+              thin=1, progress=True):
+    """emcee's affine-invariant ensemble on the same potential as NUTS (vectorized,
+    jitted) → (θ_std (walker, draw, n_par), stats dict); `num_warmup` steps are discarded."""
+    import emcee
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer.util import potential_energy
+
+    def make():
+        def one(u, flux, w, norm):
+            return -potential_energy(post.model, (flux, w, norm), {}, {"theta": u})
+        return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+    logp = post._jitted("emcee", make)
+    args = tuple(jnp.asarray(a) for a in data)
+
+    def log_prob(u):
+        lp = np.asarray(logp(jnp.asarray(u), *args), float)
+        return np.where(np.isnan(lp), -np.inf, lp)
+
+    ndim = len(post.names)
+    if num_walkers < 2 * ndim:
+        raise ValueError(f"emcee needs at least 2 × {ndim} walkers, got {num_walkers}")
+    rng = np.random.default_rng(seed)
+    u0 = post.to_unconstrained(_initial_points(post, map_row, num_walkers, rng))
+    sampler = emcee.EnsembleSampler(num_walkers, ndim, log_prob, vectorize=True)
+    sampler.random_state = np.random.RandomState(seed).get_state()
+    sampler.run_mcmc(u0, num_warmup + num_samples * thin, progress=progress)
+    u = sampler.get_chain(discard=num_warmup, thin=thin)               # (draw, walker, ndim)
+    lp = sampler.get_log_prob(discard=num_warmup, thin=thin)
+    theta = post.from_unconstrained(np.swapaxes(u, 0, 1))
+    return theta, dict(lp=np.swapaxes(lp, 0, 1)), float(np.mean(sampler.acceptance_fraction))
+
+
+def map_from_idata(idata):
+    """The MAP stored by `sample`: dict(names, values, cov, method)."""
+    a = idata.posterior.attrs
+    names = tuple(str(a["map_names"]).split(","))
+    k = len(names)
+    return dict(names=names, values=np.asarray(a["map_values"], float),
+                cov=np.asarray(a["map_cov"], float).reshape(k, k), method=str(a["map_method"]))
+
+
+def to_inference_data(post, data, theta, stats, map_row, attrs=None):
+    """Build the InferenceData (see module docstring) from standardized draws."""
+    import arviz as az
+    import jax
+
+    flux, w, norm = data
+    params = post.from_std(theta)                                     # (chain, draw, n_par)
+    ll_fn = post._jitted("loglike_batch", lambda: jax.jit(jax.vmap(post.log_likelihood,
+                                                                  in_axes=(0, None, None, None))))
+    flat = params.reshape(-1, params.shape[-1])
+    batch = 256                        # bounds memory: batch × n_pix × n_train per evaluation
+    ll = np.concatenate([np.asarray(ll_fn(flat[i:i + batch], flux, w, norm), float)
+                         for i in range(0, len(flat), batch)]).reshape(params.shape[:2])
+    predict = post._predict
+    median = np.median(params.reshape(-1, params.shape[-1]), 0)
+    wave = np.asarray(post.emulator.wave_, float)
+    inv_w = 1.0 / np.where(w > 0, w, 1.0)                              # σ²_obs + σ²_model
+    ivar = np.where(w > 0, 1.0 / np.maximum(inv_w - post.sigma_model**2, 1e-300), 0.0)
+    idata = az.from_dict(
+        posterior={n: params[..., i] for i, n in enumerate(post.names)},
+        sample_stats=stats,
+        log_likelihood={"spectrum": ll},
+        observed_data={"flux": np.asarray(flux, float)},
+        constant_data={"ivar": ivar, "sigma_model": post.sigma_model,
+                       "model_map": np.asarray(predict(np.asarray(map_row["values"])[:post.n_labels])),
+                       "model_median": np.asarray(predict(median[:post.n_labels]))},
+        coords={"wave": wave},
+        dims={"flux": ["wave"], "ivar": ["wave"], "sigma_model": ["wave"], "model_map": ["wave"],
+              "model_median": ["wave"]},
+    )
+    k = len(post.names)
+    idata.posterior.attrs.update(
+        map_names=",".join(post.names), map_values=np.asarray(map_row["values"], float),
+        map_cov=np.asarray(map_row["cov"], float).reshape(k * k), map_method=str(map_row.get("method", "")),
+        label_names=",".join(post.names[:post.n_labels]), model_error=post.model_error,
+        prior=repr(post.prior), model_training_hash=str(getattr(post.emulator, "training_hash_", "")),
+        **(attrs or {}))
+    return idata
+
+
+def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_samples=1000,
+           num_chains=4, seed=0, model_error="cv", chain_method="sequential", num_walkers=32, thin=1,
+           map_row=None, support_pad=0.0, target_accept_prob=0.8, progress=True):
+    """Sample the posterior of one star's labels.
+
+    Parameters
+    ----------
+    emulator : fitted `Emulator`, or a `slambayes.posterior.Posterior` (reused:
+        compiled once for many stars; `prior`, `model_error` then come from it)
+    spectrum : `Spectra` holding one star, on the emulator's wavelength grid
+    prior : prior object (`slambayes.priors`), or None (flat on the training range)
+    sampler : "nuts" (NumPyro) or "emcee"
+    num_warmup, num_samples : per chain (NUTS) or per walker (emcee; warm-up discarded)
+    num_chains : NUTS chains; `chain_method` "sequential" | "vectorized" (both CPU)
+    num_walkers, thin : emcee ensemble size and thinning
+    seed : random seed; same inputs and seed give the same draws
+    map_row : dict(values, cov) of a known MAP; computed with `Posterior.find_map` if None
+
+    Returns
+    -------
+    arviz.InferenceData (see the module docstring for the groups)
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+    post = emulator if isinstance(emulator, Posterior) else Posterior(emulator, prior, model_error, support_pad)
+    data = post.data(spectrum)
+    if map_row is None:
+        map_row = post.find_map(spectrum)
+    t0 = time.perf_counter()
+    extra = {}
+    if sampler == "nuts":
+        theta, stats = run_nuts(post, data, map_row, num_warmup, num_samples, num_chains, seed,
+                                chain_method, target_accept_prob, progress=progress)
+    else:
+        theta, stats, acc = run_emcee(post, data, map_row, num_warmup, num_samples, num_walkers, seed,
+                                      thin, progress)
+        extra["acceptance_fraction"] = acc
+    attrs = dict(sampler=sampler, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
+                 sampling_time_s=time.perf_counter() - t0, **extra)
+    return to_inference_data(post, data, theta, stats, map_row, attrs)
