@@ -151,12 +151,11 @@ def _select_star(sp, star):
 
 def cmd_sample(a):
     from .emulator import Emulator
-    from .sampling import enable_compilation_cache, sample
+    from .sampling import sample
 
     em = Emulator.load(a.model)
     sp = _select_star(load_fit_set(a.spectra, em.wave_), a.star)
     prior = parse_prior(a.prior, em) if a.prior else None
-    enable_compilation_cache()
     idata = sample(em, sp, prior=prior, sampler=a.sampler, num_warmup=a.num_warmup,
                    num_samples=a.num_samples, num_chains=a.num_chains, num_walkers=a.num_walkers,
                    seed=a.seed, model_error=a.model_error)

@@ -97,9 +97,8 @@ def run_demo(out, n_train=400, n_test=300, n_jobs=-1, seed=0, echo=print):
 def _posterior_of_one_star(em, test, cat, out, seed, echo):
     """NUTS for the first S/N-20 star: InferenceData file, Laplace table, corner and spectrum plots."""
     from .diagnostics import compare_to_laplace, plot_corner, plot_spectrum
-    from .sampling import enable_compilation_cache, sample
+    from .sampling import sample
 
-    enable_compilation_cache()
     i = int(np.flatnonzero(np.asarray(test.meta["snr"]) == 20.0)[0])
     t = time.perf_counter()
     idata = sample(em, test[i:i + 1], num_warmup=500, num_samples=500, num_chains=4, seed=seed,

@@ -24,24 +24,9 @@ import numpy as np
 
 from .posterior import Posterior
 
-__all__ = ["sample", "run_nuts", "run_emcee", "to_inference_data", "map_from_idata",
-           "enable_compilation_cache"]
+__all__ = ["sample", "run_nuts", "run_emcee", "to_inference_data", "map_from_idata"]
 
 SAMPLERS = ("nuts", "emcee")
-
-
-def enable_compilation_cache(path=None):
-    """Keep compiled samplers on disk (jax persistent cache), so that sampling many
-    stars, or a new session, does not recompile (~1–10 s per run otherwise:
-    numpyro builds a fresh jitted loop in every `MCMC.run`). Returns the folder."""
-    import os
-    import jax
-
-    path = path or os.path.join(os.path.expanduser("~"), ".cache", "slambayes", "jax")
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    return path
 
 
 def _initial_points(post, map_row, n, rng, spread=0.1):
@@ -55,32 +40,70 @@ def _initial_points(post, map_row, n, rng, spread=0.1):
     return np.clip(np.nan_to_num(pts), post.low_std + margin, post.high_std - margin)
 
 
+def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass):
+    """One jitted function (key, u0, flux, weights, norm) → draws and statistics of one
+    chain: NumPyro's NUTS kernel (functional API) with warm-up adaptation, scanned.
+
+    The data are arguments, not constants, so a `Posterior` compiles this once and then
+    samples any number of stars (numpyro's `MCMC.run` rebuilds its loop on every call)."""
+    import jax
+    from jax import lax
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.util import potential_energy
+
+    def potential_fn_gen(flux, weights, norm):
+        return lambda u: potential_energy(post.model, (flux, weights, norm), {}, {"theta": u})
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
+
+    def chain(key, u0, flux, weights, norm):
+        args = (flux, weights, norm)
+        state = init_kernel(u0, num_warmup, dense_mass=dense_mass, target_accept_prob=target_accept_prob,
+                            model_args=args, rng_key=key)
+
+        def step(state, _):
+            state = sample_kernel(state, model_args=args)
+            return state, (state.z, state.diverging, state.num_steps, state.accept_prob, state.energy,
+                           state.potential_energy, state.adapt_state.step_size)
+
+        _, trace = lax.scan(step, state, None, length=num_warmup + num_samples)
+        return jax.tree.map(lambda x: x[num_warmup:], trace)
+
+    return jax.jit(chain), jax.jit(jax.vmap(chain, in_axes=(0, 0, None, None, None)))
+
+
 def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
              chain_method="sequential", target_accept_prob=0.8, dense_mass=True, progress=True):
     """NUTS chains → (θ_std (chain, draw, n_par), stats dict of (chain, draw) arrays).
 
-    The compiled sampler is cached on `post`, so running many stars with one
-    `Posterior` (simulation-based calibration, a list of chosen stars) compiles once.
+    chain_method "sequential" runs the chains one after another, "vectorized" runs
+    them together (jax.vmap); both on CPU. The compiled sampler is cached on `post`,
+    so many stars with one `Posterior` (simulation-based calibration, a list of
+    chosen stars) compile once.
     """
     import jax
-    from numpyro.infer import MCMC, NUTS
+    import jax.numpy as jnp
+    from tqdm.auto import tqdm
 
-    key = ("nuts", num_warmup, num_samples, num_chains, chain_method, target_accept_prob, dense_mass, progress)
-
-    def make():
-        kernel = NUTS(post.model, target_accept_prob=target_accept_prob, dense_mass=dense_mass)
-        return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                    chain_method=chain_method, progress_bar=progress, jit_model_args=True)
-    mcmc = post._jitted(key, make)
-    init = post.to_unconstrained(_initial_points(post, map_row, num_chains, np.random.default_rng(seed)))
-    mcmc.run(jax.random.PRNGKey(seed), *data, init_params={"theta": init if num_chains > 1 else init[0]},
-             extra_fields=("diverging", "num_steps", "accept_prob", "energy", "potential_energy",
-                           "adapt_state.step_size"))
-    theta = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"], float)
-    ex = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    stats = dict(lp=-ex["potential_energy"], diverging=ex["diverging"].astype(bool),
-                 n_steps=ex["num_steps"], acceptance_rate=ex["accept_prob"], energy=ex["energy"],
-                 step_size=ex["adapt_state.step_size"])
+    if chain_method not in ("sequential", "vectorized"):
+        raise ValueError(f"chain_method must be 'sequential' or 'vectorized', not {chain_method!r}")
+    key = ("nuts", num_warmup, num_samples, target_accept_prob, dense_mass)
+    one, many = post._jitted(key, lambda: _nuts_program(post, num_warmup, num_samples,
+                                                        target_accept_prob, dense_mass))
+    u0 = jnp.asarray(post.to_unconstrained(_initial_points(post, map_row, num_chains,
+                                                           np.random.default_rng(seed))))
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
+    args = tuple(jnp.asarray(a) for a in data)
+    if chain_method == "vectorized":
+        out = [np.asarray(x) for x in many(keys, u0, *args)]
+    else:
+        runs = [one(keys[c], u0[c], *args)
+                for c in tqdm(range(num_chains), disable=not progress, desc="NUTS chains")]
+        out = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(runs[0]))]
+    u, div, n_steps, acc, energy, pe, step = out
+    theta = post.from_unconstrained(u)
+    stats = dict(lp=-pe, diverging=div.astype(bool), n_steps=n_steps, acceptance_rate=acc,
+                 energy=energy, step_size=step)
     return theta.reshape(num_chains, num_samples, -1), stats
 
 

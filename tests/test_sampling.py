@@ -9,12 +9,7 @@ from slambayes.diagnostics import compare_to_laplace
 from slambayes.posterior import Posterior, fit_map_posterior
 from slambayes.priors import GalacticModel, Gaussian, Parallax
 from slambayes.priors.parallax import predicted_parallax
-from slambayes.sampling import enable_compilation_cache, run_nuts, sample
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _jax_cache(tmp_path_factory):
-    enable_compilation_cache(tmp_path_factory.mktemp("jaxcache"))
+from slambayes.sampling import run_nuts, sample
 
 
 class LinearEmulator:
@@ -106,7 +101,7 @@ def test_simulation_based_calibration(demo_small):
     prior = Gaussian(em.label_names_, mid, span / 6)
     post = Posterior(em, prior, model_error="none")
     rng = np.random.default_rng(2024)
-    n_star, thin, n_draw = 120, 4, 400
+    n_star, thin, n_draw = 200, 4, 400
     ranks, covered = [], []
     for i in range(n_star):
         while True:                                     # the prior truncated to the support box
