@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,8 +67,9 @@ def run_peer(method, split, n_jobs, cv):
         np.savez(inp, train_flux=tr["flux"], train_ivar=tr["ivar"], train_labels=tr["labels"],
                  test_flux=te["flux"], test_ivar=te["ivar"], wave=split["wave"],
                  C=np.array(C_GRID), gamma=np.array(GAMMA_GRID), epsilon=EPSILON)
+        env = dict(os.environ, PYTHONPATH=str(HERE / "peers" / "shim"))    # shims reach loky workers too
         r = subprocess.run([str(PEER_PYTHON), str(HERE / "peers" / "run_peer.py"), method, str(inp), str(out),
-                            "--n-jobs", str(n_jobs), "--cv", str(cv)], capture_output=True, text=True)
+                            "--n-jobs", str(n_jobs), "--cv", str(cv)], capture_output=True, text=True, env=env)
         if r.returncode != 0:
             raise RuntimeError(f"{method} failed:\n{r.stderr[-3000:]}")
         o = np.load(out)
@@ -125,12 +127,33 @@ def crlb_by_snr():
     return {float(k): np.asarray(v, float) for k, v in crlb.out.items()}
 
 
+def jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return o
+
+
+def write_json(dataset, names, cv, results):
+    """bench/compare_<dataset>.json (rewritten after every method, so a crash loses nothing done)."""
+    out = HERE / f"compare_{dataset}.json"
+    out.write_text(json.dumps(dict(dataset=dataset, label_names=list(names), cv=cv, C=C_GRID, gamma=GAMMA_GRID,
+                                   epsilon=EPSILON, methods=jsonable(results),
+                                   date=time.strftime("%Y-%m-%d %H:%M")), indent=1))
+    return out
+
+
 # ------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", required=True, choices=("apogee100", "lamost131", "lamost131raw", "dwarfsim"))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--reuse", default="", help="comma-separated methods to take from an earlier "
+                    "bench/compare_<dataset>.json of this dataset instead of running them again")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",")]
     unknown = set(methods) - set(METHODS)
@@ -144,7 +167,20 @@ def main():
           f"labels {names}; SVR grid C {C_GRID} × γ {GAMMA_GRID}, ε {EPSILON}, {cv}-fold CV; "
           f"The Cannon quadratic")
     results = {}
+    reuse = [m.strip() for m in args.reuse.split(",") if m.strip()]
+    if reuse:
+        old = json.loads((HERE / f"compare_{args.dataset}.json").read_text())["methods"]
+
+        def arrays(o):
+            if isinstance(o, dict):
+                return {(float(k) if k.replace(".", "").isdigit() else k): arrays(v) for k, v in o.items()}
+            return np.asarray(o) if isinstance(o, list) else o
+        for m in reuse:
+            results[m] = arrays(old[m])
+            print(f"  {m:10s} taken from the earlier run (bench/compare_{args.dataset}.json)")
     for m in methods:
+        if m in results:
+            continue
         preds, errs, truths, snrs, train_s, fit_s = [], [], [], [], [], 0.0
         for s in splits:
             t0 = time.perf_counter()
@@ -163,10 +199,12 @@ def main():
             r["by_snr"] = {float(v): stats(pred[snr == v], err[snr == v], truth[snr == v])
                            for v in D.DWARF_TEST_SNRS}
         results[m] = r
+        write_json(args.dataset, names, cv, {k: results[k] for k in results})
 
     print(f"\n{args.dataset}: labels {' / '.join(names)}")
     print(f"{'method':10s} {'scatter':>28s} {'bias':>26s} {'MAE':>24s} {'median σ':>24s} {'z-std':>18s}"
           f" {'train s/fold':>12s} {'MAP s/spec':>11s}")
+    results = {m: results[m] for m in methods if m in results}
     for m, r in results.items():
         a = r["all"]
         print(f"{m:10s} {fmt(a['scatter']):>28s} {fmt(a['bias']):>26s} {fmt(a['mae']):>24s} "
@@ -195,18 +233,7 @@ def main():
                       f"/CRLB {fmt(b['scatter_over_crlb'])}")
         results["crlb"] = {str(k): v for k, v in bound.items()}
 
-    def jsonable(o):
-        if isinstance(o, dict):
-            return {str(k): jsonable(v) for k, v in o.items()}
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        return o
-    out = HERE / f"compare_{args.dataset}.json"
-    out.write_text(json.dumps(dict(dataset=args.dataset, label_names=list(names), cv=cv,
-                                   C=C_GRID, gamma=GAMMA_GRID, epsilon=EPSILON, methods=jsonable(results),
-                                   date=time.strftime("%Y-%m-%d %H:%M")), indent=1))
+    out = write_json(args.dataset, names, cv, results)
     print(f"\nwritten {out}")
 
 

@@ -24,7 +24,8 @@ import numpy as np
 
 
 def _shims():
-    # astroslam imports collections.Set/Mapping etc. (moved to collections.abc in 3.10)
+    # astroslam imports collections.Set/Mapping etc. (moved to collections.abc in 3.10); the same
+    # shim is in bench/peers/shim/sitecustomize.py for joblib's worker processes
     for name in ("Set", "Mapping", "MutableMapping", "Sequence", "Iterable", "Callable"):
         if not hasattr(collections, name):
             setattr(collections, name, getattr(collections.abc, name))
