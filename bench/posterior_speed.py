@@ -38,6 +38,9 @@ def main():
     ap.add_argument("--model", default=str(Path(__file__).parent / ".cache" / "dwarf7214.npz"),
                     help="model file; trained (1000 stars, C=10, γ=0.1) and written here if missing")
     ap.add_argument("--walkers", type=int, default=32)
+    ap.add_argument("--chain-methods", default="sequential,vectorized")
+    ap.add_argument("--repeats", type=int, default=2, help="NUTS runs per chain method (the first compiles)")
+    ap.add_argument("--skip-emcee", action="store_true")
     ap.add_argument("--nuts-reference", metavar="ESS,SECONDS",
                     help="skip the NUTS runs and compare emcee with this earlier NUTS result")
     args = ap.parse_args()
@@ -64,8 +67,9 @@ def main():
     if args.nuts_reference:
         ess, wall = (float(v) for v in args.nuts_reference.split(","))
         rows.append(("reference", "second", wall, ess))
-    for method in () if args.nuts_reference else ("sequential", "vectorized"):
-        for attempt in ("first (with compilation)", "second"):
+    attempts = ["first (with compilation)", "second", "third"][:args.repeats]
+    for method in () if args.nuts_reference else args.chain_methods.split(","):
+        for attempt in attempts:
             t0 = time.perf_counter()
             idata = sample(post, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
                            chain_method=method, map_row=m, progress=False)
@@ -75,7 +79,9 @@ def main():
             print(f"NUTS 4×1000 {method:10s} {attempt:25s}: {wall:6.1f} s, min bulk ESS {ess:.0f}, "
                   f"divergences {div}, mean leapfrog steps {float(idata.sample_stats['n_steps'].mean()):.1f}")
             rows.append((method, attempt, wall, ess))
-    nuts_wall, nuts_ess = min((r[2], r[3]) for r in rows if r[1] == "second")
+    if args.skip_emcee:
+        return
+    nuts_wall, nuts_ess = min((r[2], r[3]) for r in rows if r[1] == rows[-1][1])
     pilot_steps = 1000
     t0 = time.perf_counter()
     pilot = sample(post, star, sampler="emcee", num_warmup=500, num_samples=pilot_steps,
