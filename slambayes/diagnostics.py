@@ -47,6 +47,16 @@ def _map_dict(idata, map_row):
                 cov=np.asarray(map_row["cov"], float)[:len(names), :len(names)])
 
 
+def _laplace_and_draws(idata, map_row, names=None):
+    """(names, MAP values, LM covariance, draws (n_draw, k)) for the parameters both hold."""
+    m = _map_dict(idata, map_row)
+    names = names or [n for n in m["names"] if n in idata.posterior.data_vars]
+    idx = [list(m["names"]).index(n) for n in names]
+    mu, cov = np.asarray(m["values"], float)[idx], np.asarray(m["cov"], float)[np.ix_(idx, idx)]
+    draws = np.stack([idata.posterior[n].values.ravel() for n in names], -1)
+    return m, names, mu, cov, draws
+
+
 def compare_to_laplace(idata, map_row=None):
     """Per-parameter comparison of the samples with the MAP's Laplace approximation.
 
@@ -65,11 +75,7 @@ def compare_to_laplace(idata, map_row=None):
     import arviz as az
     from astropy.table import Table
 
-    m = _map_dict(idata, map_row)
-    names = [n for n in m["names"] if n in idata.posterior.data_vars]
-    idx = [list(m["names"]).index(n) for n in names]
-    mu_lm, cov_lm = np.asarray(m["values"], float)[idx], np.asarray(m["cov"], float)[np.ix_(idx, idx)]
-    draws = np.stack([idata.posterior[n].values.ravel() for n in names], -1)
+    m, names, mu_lm, cov_lm, draws = _laplace_and_draws(idata, map_row)
     mu_p, cov_p = draws.mean(0), np.atleast_2d(np.cov(draws, rowvar=False))
     summ = az.summary(idata, var_names=names, kind="diagnostics", round_to="none")
     sig_lm = np.sqrt(np.diag(cov_lm))
@@ -107,11 +113,7 @@ def plot_corner(idata, map_row=None, path=None, var_names=None):
     import corner
     import matplotlib.pyplot as plt
 
-    m = _map_dict(idata, map_row)
-    names = var_names or [n for n in m["names"] if n in idata.posterior.data_vars]
-    idx = [list(m["names"]).index(n) for n in names]
-    mu, cov = np.asarray(m["values"], float)[idx], np.asarray(m["cov"], float)[np.ix_(idx, idx)]
-    draws = np.stack([idata.posterior[n].values.ravel() for n in names], -1)
+    _, names, mu, cov, draws = _laplace_and_draws(idata, map_row, var_names)
     fig = corner.corner(draws, labels=names, truths=mu, truth_color="C3", levels=(0.393, 0.865),
                         hist_kwargs=dict(density=True))
     k = len(names)

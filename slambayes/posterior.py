@@ -185,7 +185,7 @@ class Posterior:
                             converged=bool(lm["converged"]), message=str(lm["status"]))
         else:
             start = self.loc[:k]
-        x0 = np.concatenate([self.to_std(np.r_[start, self.loc[k:]])])
+        x0 = self.to_std(np.r_[start, self.loc[k:]])
         x0 = np.clip(np.nan_to_num(x0), self.low_std + 1e-6, self.high_std - 1e-6)
 
         def make():

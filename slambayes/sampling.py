@@ -150,8 +150,9 @@ def map_from_idata(idata):
                 cov=np.asarray(a["map_cov"], float).reshape(k, k), method=str(a["map_method"]))
 
 
-def to_inference_data(post, data, theta, stats, map_row, attrs=None):
-    """Build the InferenceData (see module docstring) from standardized draws."""
+def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
+    """Build the InferenceData (see module docstring) from standardized draws;
+    `ivar` (n_pix,) is the observed inverse variance."""
     import arviz as az
     import jax
 
@@ -166,14 +167,12 @@ def to_inference_data(post, data, theta, stats, map_row, attrs=None):
     predict = post._predict
     median = np.median(params.reshape(-1, params.shape[-1]), 0)
     wave = np.asarray(post.emulator.wave_, float)
-    inv_w = 1.0 / np.where(w > 0, w, 1.0)                              # σ²_obs + σ²_model
-    ivar = np.where(w > 0, 1.0 / np.maximum(inv_w - post.sigma_model**2, 1e-300), 0.0)
     idata = az.from_dict(
         posterior={n: params[..., i] for i, n in enumerate(post.names)},
         sample_stats=stats,
         log_likelihood={"spectrum": ll},
         observed_data={"flux": np.asarray(flux, float)},
-        constant_data={"ivar": ivar, "sigma_model": post.sigma_model,
+        constant_data={"ivar": np.asarray(ivar, float), "sigma_model": post.sigma_model,
                        "model_map": np.asarray(predict(np.asarray(map_row["values"])[:post.n_labels])),
                        "model_median": np.asarray(predict(median[:post.n_labels]))},
         coords={"wave": wave},
@@ -229,4 +228,4 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
         extra["acceptance_fraction"] = acc
     attrs = dict(sampler=sampler, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
                  sampling_time_s=time.perf_counter() - t0, **extra)
-    return to_inference_data(post, data, theta, stats, map_row, attrs)
+    return to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs)

@@ -12,23 +12,21 @@ Compatibility shims for running these packages on Python 3.11 are applied here,
 at import time; the peers' code is used as installed, never copied.
 """
 import argparse
-import collections
-import collections.abc
 import contextlib
 import io
 import os
+import runpy
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 
 def _shims():
-    # astroslam imports collections.Set/Mapping etc. (moved to collections.abc in 3.10); the same
-    # shim is in bench/peers/shim/sitecustomize.py for joblib's worker processes
-    for name in ("Set", "Mapping", "MutableMapping", "Sequence", "Iterable", "Callable"):
-        if not hasattr(collections, name):
-            setattr(collections, name, getattr(collections.abc, name))
+    # collections.Set/Mapping → collections.abc: the one shim file, also put on PYTHONPATH by
+    # compare.py so that joblib's worker processes get it at start-up
+    runpy.run_path(str(Path(__file__).resolve().parent / "shim" / "sitecustomize.py"))
     # numpy ≥ 1.24 removed np.int/np.float/np.bool; the venv pins 1.23, this keeps them if not
     for name, typ in (("int", int), ("float", float), ("bool", bool), ("object", object)):
         if name not in np.__dict__:
