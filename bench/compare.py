@@ -11,7 +11,12 @@ benchmark protocol, imported, not re-implemented). slambayes runs in this
 interpreter; each peer runs in its own subprocess in the peers' venv
 (bench/peers/run_peer.py). Hyperparameters for both SVR methods: C ∈ {1, 10, 100},
 γ ∈ {0.01, 0.1, 1}, ε = 0.05, 5-fold CV (3-fold on dwarfsim); The Cannon:
-quadratic, its defaults. Prints one table (CV scatter, bias, MAE, median formal
+quadratic, its defaults. slambayes gives three rows from one trained emulator:
+"slambayes" (fit_map's defaults: Eq. 8's per-pixel model error plus its
+correlations between pixels, learned from the out-of-fold CV residuals),
+"slambayes_eq8" (model_error="cv": Eq. 8 with independent pixels) and
+"slambayes_soft_l1" (the default with loss="soft_l1", f_scale=1: pixels off by
+more than 1 total σ lose weight, as in astroslam's own soft_l1 fit). Prints one table (CV scatter, bias, MAE, median formal
 error, z-score std per label; training wall time per fold; MAP seconds per
 spectrum) with the ratios slambayes/peer, and for dwarfsim the same per S/N with
 the Cramér–Rao bound of the generating model. Writes bench/compare_<dataset>.json.
@@ -38,10 +43,17 @@ import datasets as D  # noqa: E402  the benchmark protocol
 PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
 C_GRID, GAMMA_GRID, EPSILON = (1.0, 10.0, 100.0), (0.01, 0.1, 1.0), 0.05
 METHODS = ("slambayes", "astroslam", "cannon")
+# slambayes' MAP in three flavours from one trained emulator: "slambayes" is fit_map's default
+# (the per-pixel error of Eq. 8 plus its correlations between pixels); "slambayes_eq8" is Eq. 8
+# with independent pixels; "slambayes_soft_l1" is the default with scipy's robust soft_l1 loss
+# (pixels off by more than 1 total σ lose weight; astroslam fits with soft_l1 too)
+SLAMBAYES_FITS = {"slambayes": {}, "slambayes_eq8": dict(model_error="cv"),
+                  "slambayes_soft_l1": dict(loss="soft_l1", f_scale=1.0)}
 
 
 # ------------------------------------------------------------------ methods
 def run_slambayes(split, n_jobs, cv):
+    """{row name: (pred, err, train_s, fit_s)} for every entry of SLAMBAYES_FITS."""
     from slambayes import Emulator, Spectra, fit_map
     from slambayes.validation import labels_from_catalog
 
@@ -51,11 +63,13 @@ def run_slambayes(split, n_jobs, cv):
     em = Emulator(C=C_GRID, gamma=GAMMA_GRID, epsilon=EPSILON, cv=cv, n_jobs=n_jobs, progress=False).fit(train)
     train_s = time.perf_counter() - t0
     test = Spectra(split["wave"], te["flux"], te["ivar"])
-    t0 = time.perf_counter()
-    cat = fit_map(em, test, n_jobs=n_jobs, chunk_size=max(1, -(-test.n_star // n_jobs)), progress=False)
-    fit_s = time.perf_counter() - t0
-    pred, err = labels_from_catalog(cat, em.label_names_)
-    return pred, err, train_s, fit_s
+    out = {}
+    for name, kw in SLAMBAYES_FITS.items():
+        t0 = time.perf_counter()
+        cat = fit_map(em, test, n_jobs=n_jobs, chunk_size=max(1, -(-test.n_star // n_jobs)), progress=False, **kw)
+        fit_s = time.perf_counter() - t0
+        out[name] = (*labels_from_catalog(cat, em.label_names_), train_s, fit_s)
+    return out
 
 
 def run_peer(method, split, n_jobs, cv):
@@ -73,7 +87,7 @@ def run_peer(method, split, n_jobs, cv):
         if r.returncode != 0:
             raise RuntimeError(f"{method} failed:\n{r.stderr[-3000:]}")
         o = np.load(out)
-        return o["pred"], o["err"], float(o["train_s"]), float(o["fit_s"])
+        return {method: (o["pred"], o["err"], float(o["train_s"]), float(o["fit_s"]))}
 
 
 # ------------------------------------------------------------------ data
@@ -176,50 +190,54 @@ def main():
                 return {(float(k) if k.replace(".", "").isdigit() else k): arrays(v) for k, v in o.items()}
             return np.asarray(o) if isinstance(o, list) else o
         for m in reuse:
-            results[m] = arrays(old[m])
-            print(f"  {m:10s} taken from the earlier run (bench/compare_{args.dataset}.json)")
+            for row in (r for r in (SLAMBAYES_FITS if m == "slambayes" else [m]) if r in old):
+                results[row] = arrays(old[row])
+                print(f"  {row:17s} taken from the earlier run (bench/compare_{args.dataset}.json)")
+    rows = [r for m in methods for r in (SLAMBAYES_FITS if m == "slambayes" else [m])]
     for m in methods:
         if m in results:
             continue
-        preds, errs, truths, snrs, train_s, fit_s = [], [], [], [], [], 0.0
+        per_split = []
         for s in splits:
             t0 = time.perf_counter()
-            fn = run_slambayes if m == "slambayes" else (lambda sp, n, c, m=m: run_peer(m, sp, n, c))
-            p, e, tr_s, f_s = fn(s, args.n_jobs, cv)
-            preds.append(p), errs.append(e), truths.append(s["test"]["labels"])
-            snrs.append(s["test"].get("snr", np.full(len(p), np.nan)))
-            train_s.append(tr_s)
-            fit_s += f_s
-            print(f"  {m:10s} split {s['split']}: train {tr_s:7.1f} s, fit {f_s:7.1f} s "
-                  f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
-        pred, err, truth, snr = (np.vstack(preds), np.vstack(errs), np.vstack(truths), np.concatenate(snrs))
-        r = dict(all=stats(pred, err, truth), train_s_per_fold=float(np.mean(train_s)),
-                 fit_s_per_spectrum=fit_s / len(pred))
-        if args.dataset == "dwarfsim":
-            r["by_snr"] = {float(v): stats(pred[snr == v], err[snr == v], truth[snr == v])
-                           for v in D.DWARF_TEST_SNRS}
-        results[m] = r
+            out = run_slambayes(s, args.n_jobs, cv) if m == "slambayes" else run_peer(m, s, args.n_jobs, cv)
+            per_split.append((s, out))
+            for row, (_, _, tr_s, f_s) in out.items():
+                print(f"  {row:17s} split {s['split']}: train {tr_s:7.1f} s, fit {f_s:7.1f} s "
+                      f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
+        for row in per_split[0][1]:
+            pred = np.vstack([o[row][0] for _, o in per_split])
+            err = np.vstack([o[row][1] for _, o in per_split])
+            truth = np.vstack([s["test"]["labels"] for s, _ in per_split])
+            snr = np.concatenate([s["test"].get("snr", np.full(len(s["test"]["labels"]), np.nan))
+                                  for s, _ in per_split])
+            r = dict(all=stats(pred, err, truth), train_s_per_fold=float(np.mean([o[row][2] for _, o in per_split])),
+                     fit_s_per_spectrum=sum(o[row][3] for _, o in per_split) / len(pred))
+            if args.dataset == "dwarfsim":
+                r["by_snr"] = {float(v): stats(pred[snr == v], err[snr == v], truth[snr == v])
+                               for v in D.DWARF_TEST_SNRS}
+            results[row] = r
         write_json(args.dataset, names, cv, {k: results[k] for k in results})
 
     print(f"\n{args.dataset}: labels {' / '.join(names)}")
-    print(f"{'method':10s} {'scatter':>28s} {'bias':>26s} {'MAE':>24s} {'median σ':>24s} {'z-std':>18s}"
+    print(f"{'method':17s} {'scatter':>28s} {'bias':>26s} {'MAE':>24s} {'median σ':>24s} {'z-std':>18s}"
           f" {'train s/fold':>12s} {'MAP s/spec':>11s}")
-    results = {m: results[m] for m in methods if m in results}
+    results = {m: results[m] for m in rows if m in results}
     for m, r in results.items():
         a = r["all"]
-        print(f"{m:10s} {fmt(a['scatter']):>28s} {fmt(a['bias']):>26s} {fmt(a['mae']):>24s} "
+        print(f"{m:17s} {fmt(a['scatter']):>28s} {fmt(a['bias']):>26s} {fmt(a['mae']):>24s} "
               f"{fmt(a['median_err']):>24s} {fmt(a['z_std']):>18s} {r['train_s_per_fold']:12.1f} "
               f"{r['fit_s_per_spectrum']:11.4f}")
-    if "slambayes" in results:
-        ours = results["slambayes"]
+    for o in (o for o in SLAMBAYES_FITS if o in results):
+        ours = results[o]
         for m, r in results.items():
-            if m == "slambayes":
+            if m in SLAMBAYES_FITS:
                 continue
             ratio = ours["all"]["scatter"] / r["all"]["scatter"]
-            results[m]["ratio_scatter_slambayes_over_peer"] = ratio
+            results[m][f"ratio_scatter_{o}_over_peer"] = ratio
             t_ratio = ours["fit_s_per_spectrum"] / r["fit_s_per_spectrum"]
             tr_ratio = ours["train_s_per_fold"] / r["train_s_per_fold"]
-            print(f"slambayes/{m:9s} scatter {fmt(ratio)}  |  MAP time {t_ratio:.3g} "
+            print(f"{o}/{m:9s} scatter {fmt(ratio)}  |  MAP time {t_ratio:.3g} "
                   f"({1 / t_ratio:.1f}× faster)  |  training time {tr_ratio:.3g}")
     if args.dataset == "dwarfsim":
         bound = crlb_by_snr()
@@ -229,7 +247,7 @@ def main():
             for m, r in results.items():
                 b = r["by_snr"][v]
                 b["scatter_over_crlb"] = b["scatter"] / bound[v]
-                print(f"   {m:10s} scatter {fmt(b['scatter']):>30s}  z-std {fmt(b['z_std']):>22s}  "
+                print(f"   {m:17s} scatter {fmt(b['scatter']):>30s}  z-std {fmt(b['z_std']):>22s}  "
                       f"/CRLB {fmt(b['scatter_over_crlb'])}")
         results["crlb"] = {str(k): v for k, v in bound.items()}
 

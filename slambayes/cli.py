@@ -81,7 +81,7 @@ def cmd_train(a):
     print(f"training on {sp.n_star} spectra × {sp.n_pix} pixels, labels {sp.label_names}")
     t0 = time.perf_counter()
     em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
-                  random_state=a.seed).fit(sp)
+                  random_state=a.seed, **({} if a.error_rank is None else dict(error_rank=a.error_rank))).fit(sp)
     em.save(a.out)
     print(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}; "
           f"model written to {a.out}")
@@ -98,7 +98,8 @@ def cmd_fit(a):
         from dask.distributed import Client
         client = Client(a.scheduler)
     cat = fit_map(em, sp, model_error=a.model_error, n_starts=a.n_starts, chunk_size=a.chunk_size,
-                  n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite)
+                  n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
+                  loss=a.loss, f_scale=a.f_scale)
     n_bad = int((cat["flag"] != 0).sum())
     print(f"{len(cat)} spectra fitted, {n_bad} flagged; catalog written to {a.out}")
 
@@ -228,6 +229,8 @@ def build_parser():
     t.add_argument("--gamma", type=_floats, default=(0.01, 0.1, 1.0))
     t.add_argument("--epsilon", type=float, default=0.05)
     t.add_argument("--cv", type=int, default=5)
+    t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default=None,
+                   help="components of the correlated model error kept (0: none; default: Emulator's)")
     t.add_argument("--n-jobs", type=int, default=-1)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
@@ -236,8 +239,13 @@ def build_parser():
     f.add_argument("--model", required=True)
     f.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS files/folders")
     f.add_argument("--out", required=True, help="catalog (.fits, .ecsv or .parquet); re-run resumes")
-    f.add_argument("--model-error", default="cv", choices=("none", "cv", "cv_minus_noise"))
+    f.add_argument("--model-error", default="auto", choices=("auto", "correlated", "cv", "cv_minus_noise", "none"),
+                   help="auto: correlated if the model has it, else cv (Eq. 8, independent pixels)")
     f.add_argument("--n-starts", type=int, default=1)
+    f.add_argument("--loss", default="linear", choices=("linear", "soft_l1", "cauchy"),
+                   help="linear: Eq. 8; soft_l1/cauchy: robust against outlier pixels")
+    f.add_argument("--f-scale", type=float, default=1.0,
+                   help="residual (in total σ) beyond which a robust loss down-weights a pixel")
     f.add_argument("--chunk-size", type=int, default=256)
     f.add_argument("--n-jobs", type=int, default=1)
     f.add_argument("--scheduler", help="dask.distributed scheduler address")

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from .kernel_expansion import KernelExpansion
+from .model_covariance import error_factor
 from .preprocess import standardize
 from .svr_training import PIXEL_STATS, fit_pixel_block
 
@@ -14,8 +15,9 @@ __all__ = ["Emulator", "DEFAULT_C", "DEFAULT_GAMMA", "MODEL_ERRORS"]
 
 DEFAULT_C = tuple(10.0 ** np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
 DEFAULT_GAMMA = tuple(10.0 ** np.array([-3.0, -2.0, -1.0]))
-# how the per-pixel model error enters the likelihood
-MODEL_ERRORS = ("none", "cv", "cv_minus_noise")
+# how the model error enters the likelihood ("correlated": the "cv" σ per pixel plus the
+# correlations of `error_factor_`, see slambayes.model_covariance)
+MODEL_ERRORS = ("none", "cv", "cv_minus_noise", "correlated")
 
 
 def training_hash(labels, flux, ivar):
@@ -39,6 +41,11 @@ class Emulator:
     n_jobs : int, joblib workers over pixel blocks (-1 = all cores)
     block_size : int, pixels per joblib task
     random_state : int, seed of the CV folds
+    error_rank : int or "auto", principal components of the out-of-fold CV residuals
+        kept as the correlated part of the model error (`error_factor_`; 0 = none).
+        "auto" keeps n_train // 5, at most 100: the leading eigenvectors of a sample
+        covariance are only trustworthy for a few times more samples than components
+        (on LAMOST with 105 training stars, 100 components were worse than 20)
     progress : bool, show a tqdm bar while training
     backend : str or None, joblib backend (e.g. "dask" with a dask.distributed
         Client connected, to train the pixels on a cluster)
@@ -55,11 +62,13 @@ class Emulator:
     intercept_, C_, gamma_ : (n_pix,)
     cv_mse_, cv_md_, train_mse_ : (n_pix,) standardized units
     noise_var_ : (n_pix,) mean training-noise variance, standardized units
+    error_factor_ : (n_pix, m) correlated model error in flux units: Σ_model =
+        diag(σ²_cv − Σ_k F²_jk) + F Fᵀ (m ≤ error_rank; m = 0 without CV)
     training_hash_ : str
     """
 
     def __init__(self, C=DEFAULT_C, gamma=DEFAULT_GAMMA, epsilon=0.05, cv=5, n_jobs=-1,
-                 block_size=16, random_state=0, progress=True, backend=None):
+                 block_size=16, random_state=0, error_rank="auto", progress=True, backend=None):
         self.C = C
         self.gamma = gamma
         self.epsilon = epsilon
@@ -67,6 +76,7 @@ class Emulator:
         self.n_jobs = n_jobs
         self.block_size = block_size
         self.random_state = random_state
+        self.error_rank = error_rank
         self.progress = progress
         self.backend = backend
 
@@ -89,17 +99,24 @@ class Emulator:
         self.flux_mean_, self.flux_std_ = standardize(spectra.flux, good.astype(float))
         X = (labels - self.label_mean_) / self.label_std_
         Y = (spectra.flux - self.flux_mean_) / self.flux_std_
-        dual, stats = self._train(X, Y, good)
+        dual, stats, oof = self._train(X, Y, good)
         self.X_train_ = X
         self.dual_coef_ = dual
         for i, name in enumerate(PIXEL_STATS):
             setattr(self, name + "_", stats[:, i].copy())
+        self.error_factor_ = error_factor(oof.T, good, self._error_rank(spectra.n_star)) \
+            * self.model_error("cv")[:, None]
         with np.errstate(divide="ignore"):
             var = np.where(good, 1.0 / np.where(good, spectra.ivar, 1.0), 0.0) / self.flux_std_**2
         self.noise_var_ = var.sum(0) / np.maximum(good.sum(0), 1)
         self.training_hash_ = training_hash(labels, spectra.flux, spectra.ivar)
         self._expansion = None
         return self
+
+    def _error_rank(self, n_train):
+        if not self.cv:
+            return 0        # no out-of-fold residuals without CV
+        return min(n_train // 5, 100) if self.error_rank == "auto" else int(self.error_rank)
 
     def _train(self, X, Y, good):
         from joblib import Parallel, delayed, parallel_config
@@ -116,7 +133,7 @@ class Emulator:
                      C_grid, g_grid, self.epsilon, self.cv, self.random_state) for s in starts)
             parts = list(tqdm(gen, total=len(starts), desc="training pixels", unit="block",
                               disable=not self.progress))
-        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+        return tuple(np.vstack([p[i] for p in parts]) for i in range(3))
 
     # ------------------------------------------------------------ properties
     def _check_fitted(self):
@@ -143,6 +160,7 @@ class Emulator:
         kind "cv": s_j·sqrt(CV MSE_j); "cv_minus_noise": the same after removing
         the training spectra's mean noise variance (so that the observed σ is
         not counted twice), floored at `floor` (standardized variance);
+        "correlated": the same σ as "cv" (its correlations are `error_factor_`);
         "none": zeros.
         """
         self._check_fitted()
@@ -150,6 +168,8 @@ class Emulator:
             return np.zeros_like(self.flux_std_)
         if kind not in MODEL_ERRORS:
             raise ValueError(f"model error kind must be one of {MODEL_ERRORS}, not {kind!r}")
+        if kind == "correlated":
+            kind = "cv"      # the same marginal σ; the correlations are in error_factor_
         mse = np.where(np.isfinite(self.cv_mse_), self.cv_mse_, self.train_mse_)
         if kind == "cv_minus_noise":
             mse = np.maximum(mse - self.noise_var_, floor)

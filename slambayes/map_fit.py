@@ -2,7 +2,18 @@
 
 `fit_map` returns (and optionally writes, resumably) an astropy Table with one
 row per spectrum: labels, errors and covariance from (JᵀJ)⁻¹, fit statistics
-and flags. A spectrum that cannot be fit gets a flagged row with NaN labels;
+and flags.
+
+With `loss="soft_l1"` or `"cauchy"` the pixel residuals (in units of the total
+σ of Eq. 8) pass through scipy's robust loss, so that a few pixels the emulator
+or the data get badly wrong (cosmic rays, sky lines, telluric residuals, lines
+the training set never showed) cannot drag the labels. The prior residuals stay
+quadratic. The covariance is then (Jᵀ W J)⁻¹, W = ρ'(r²/f²) — each pixel's σ
+inflated as iteratively reweighted least squares would — and `n_downweighted`
+counts the pixels with weight < ½. With the correlated model error the loss
+acts on the whitened residuals, which mix pixels along the error's principal
+components, so a single bad pixel is caught less sharply than with
+model_error="cv". A spectrum that cannot be fit gets a flagged row with NaN labels;
 the batch never stops.
 """
 from __future__ import annotations
@@ -18,7 +29,8 @@ from astropy.table import Table
 from scipy.optimize import least_squares
 
 from .catalog import run_chunked
-from .likelihood import pixel_weights, whitened_residuals
+from .likelihood import pixel_weights
+from .model_covariance import Whitener
 from .model_file import DEFAULT_UNITS
 
 __all__ = ["fit_map", "fit_chunk", "MapSettings", "FLAGS", "check_grid"]
@@ -39,6 +51,8 @@ class MapSettings:
     edge_tol: float = 1e-3
     jac: str = "analytic"     # or "2-point": finite differences, for benchmarks only
     prior_terms: tuple = ()   # ((label index array, mean, inverse Cholesky factor), ...)
+    loss: str = "linear"      # on the pixel residuals only; see `pixel_loss`
+    f_scale: float = 1.0      # residual (in total σ) where a robust loss turns over
 
 
 def check_grid(emulator, spectra):
@@ -72,14 +86,42 @@ def _gaussian_terms(prior, label_names):
     return tuple(out)
 
 
+# ρ(z), ρ'(z), ρ''(z) of scipy's losses, z = (r / f_scale)²
+_LOSSES = {
+    "linear": lambda z: (z, np.ones_like(z), np.zeros_like(z)),
+    "soft_l1": lambda z: (2 * (np.sqrt(1 + z) - 1), (1 + z) ** -0.5, -0.5 * (1 + z) ** -1.5),
+    "cauchy": lambda z: (np.log1p(z), 1 / (1 + z), -1 / (1 + z) ** 2),
+}
+
+
+def pixel_loss(kind, n_pix):
+    """A scipy `least_squares` loss: `kind` on the first n_pix residuals, quadratic on the
+    rest (the prior's), as the (3, m) array of ρ, ρ', ρ'' that scipy expects."""
+    rho = _LOSSES[kind]
+
+    def loss(z):
+        out = np.vstack(_LOSSES["linear"](z))
+        out[:, :n_pix] = np.vstack(rho(z[:n_pix]))
+        return out
+    return loss
+
+
 class _Problem:
     """Residuals and Jacobian of one spectrum in standardized label space,
-    evaluated together and cached (least_squares asks for both at one θ)."""
+    evaluated together and cached (least_squares asks for both at one θ).
 
-    def __init__(self, emulator, flux, weights, settings):
+    weights : (n_pix,) Eq. 8's 1/(σ²_obs + σ²_model); factor : (n_pix, m) or None, the
+    correlated part of σ²_model (then residuals are whitened with the full covariance).
+    """
+
+    def __init__(self, emulator, flux, weights, settings, factor=None):
         self.exp = emulator.expansion
         self.good = weights > 0
-        self.sw = np.sqrt(weights[self.good])
+        var = 1.0 / weights[self.good]
+        if factor is not None:
+            F = factor[self.good]
+            var = var - (F**2).sum(1)        # the correlated part moves from the diagonal to F Fᵀ
+        self.white = Whitener(var, None if factor is None else F)
         self.fm = emulator.flux_mean_[self.good]
         self.fs = emulator.flux_std_[self.good]
         self.flux = flux[self.good]
@@ -91,9 +133,8 @@ class _Problem:
         if self._theta is None or not np.array_equal(theta, self._theta):
             f, J = self.exp.predict_and_jacobian(theta[None])
             model = self.fm + self.fs * f[0][self.good]
-            r = whitened_residuals(self.flux, model, self.sw**2)
-            jac = -(self.fs * self.sw)[:, None] * J[0][self.good]
-            rs, js = [r], [jac]
+            self._resid = self.flux - model
+            rs, js = [self.white(self._resid)], [self.white(-self.fs[:, None] * J[0][self.good])]
             for idx, mean, L_inv in self.terms:
                 phys = theta[idx] * self.sd[idx] + self.mu[idx]
                 rs.append(L_inv @ (phys - mean))
@@ -120,22 +161,24 @@ def _initial_guesses(train_models, flux, weights, n_starts):
 
 def _nan_row(k):
     return dict(theta=np.full(k, np.nan), cov=np.full((k, k), np.nan), chi2=np.nan,
-                rchi2=np.nan, rms=np.nan, nfev=0, converged=False, flag=0, status="")
+                rchi2=np.nan, rms=np.nan, nfev=0, converged=False, flag=0, status="", n_down=0)
 
 
-def _fit_one(emulator, flux, weights, starts_std, lo, hi, settings):
+def _fit_one(emulator, flux, weights, starts_std, lo, hi, settings, factor=None):
     k = len(emulator.label_names_)
     row = _nan_row(k)
     n_good = int((weights > 0).sum())
     if n_good <= k:
         row.update(flag=FLAGS["no_data"], status=f"only {n_good} good pixel(s) for {k} labels")
         return row
-    prob = _Problem(emulator, flux, weights, settings)
+    prob = _Problem(emulator, flux, weights, settings, factor)
     best = None
     for x0 in starts_std:
         x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
         jac = prob.jacobian if settings.jac == "analytic" else settings.jac
         kw = dict(jac=jac, x_scale="jac", max_nfev=settings.max_nfev)
+        if settings.loss != "linear":
+            kw.update(loss=pixel_loss(settings.loss, prob.flux.size), f_scale=settings.f_scale)
         if settings.method == "lm":
             res = least_squares(prob.residuals, x0, method="lm", **kw)
         else:
@@ -146,18 +189,22 @@ def _fit_one(emulator, flux, weights, starts_std, lo, hi, settings):
     r, J = prob._eval(theta)
     n_pix_res = prob.flux.size
     sd = emulator.label_std_
+    w = np.ones(r.size)
+    w[:n_pix_res] = _LOSSES[settings.loss]((r[:n_pix_res] / settings.f_scale) ** 2)[1]
+    F = J.T @ (w[:, None] * J)
     try:
-        cov_std = np.linalg.inv(J.T @ J)
+        cov_std = np.linalg.inv(F)
     except np.linalg.LinAlgError:
-        cov_std = np.linalg.pinv(J.T @ J)
+        cov_std = np.linalg.pinv(F)
     chi2 = float(r[:n_pix_res] @ r[:n_pix_res])
-    resid = r[:n_pix_res] / prob.sw          # un-whitened: flux − model on the good pixels
+    resid = prob._resid                      # un-whitened: flux − model on the good pixels
     at_edge = bool(np.any(theta <= lo + settings.edge_tol) or np.any(theta >= hi - settings.edge_tol))
     flag = (0 if best.success else FLAGS["not_converged"]) | (FLAGS["at_edge"] if at_edge else 0)
     status = best.message + (" | at the edge of the training label range" if at_edge else "")
     row.update(theta=theta * sd + emulator.label_mean_, cov=cov_std * np.outer(sd, sd),
                chi2=chi2, rchi2=chi2 / max(n_good - k, 1), rms=float(np.sqrt(np.mean(resid**2))),
-               nfev=int(best.nfev), converged=bool(best.success), flag=flag, status=status)
+               nfev=int(best.nfev), converged=bool(best.success), flag=flag, status=status,
+               n_down=int((w[:n_pix_res] < 0.5).sum()))
     return row
 
 
@@ -167,6 +214,7 @@ def fit_chunk(emulator, flux, ivar, ids, train_models, settings):
     k = len(names)
     sigma_model = emulator.model_error(settings.model_error)
     weights = pixel_weights(ivar, sigma_model)
+    factor = emulator.error_factor_ if settings.model_error == "correlated" else None
     X = emulator.X_train_
     lo = X.min(0) - settings.bounds_pad * (X.max(0) - X.min(0))
     hi = X.max(0) + settings.bounds_pad * (X.max(0) - X.min(0))
@@ -174,7 +222,7 @@ def fit_chunk(emulator, flux, ivar, ids, train_models, settings):
     rows = []
     for i in range(flux.shape[0]):
         try:
-            row = _fit_one(emulator, flux[i], weights[i], X[idx0[i]], lo, hi, settings)
+            row = _fit_one(emulator, flux[i], weights[i], X[idx0[i]], lo, hi, settings, factor)
         except Exception as exc:  # one bad spectrum must not stop the batch
             row = _nan_row(k)
             row.update(flag=FLAGS["error"], status=f"{type(exc).__name__}: {exc}")
@@ -199,6 +247,7 @@ def fit_chunk(emulator, flux, ivar, ids, train_models, settings):
     t["rchi2"] = [r["rchi2"] for r in rows]
     t["rms_resid"] = [r["rms"] for r in rows]
     t["n_good_pix"] = good.sum(1)
+    t["n_downweighted"] = [r["n_down"] for r in rows]
     t["snr"] = snr
     t["nfev"] = [r["nfev"] for r in rows]
     t["converged"] = [r["converged"] for r in rows]
@@ -240,10 +289,10 @@ def _ids(spectra, id_column):
     return np.arange(spectra.n_star).astype(str)
 
 
-def fit_map(emulator, spectra, prior=None, model_error="cv", n_starts=1,
+def fit_map(emulator, spectra, prior=None, model_error="auto", n_starts=1,
             bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
             output=None, overwrite=False, progress=True, id_column=None, max_nfev=100,
-            jac="analytic"):
+            jac="analytic", loss="linear", f_scale=1.0):
     """Maximum a posteriori labels for every spectrum.
 
     Parameters
@@ -251,7 +300,12 @@ def fit_map(emulator, spectra, prior=None, model_error="cv", n_starts=1,
     emulator : fitted `Emulator`
     spectra : `Spectra` on the emulator's wavelength grid
     prior : Gaussian prior (`slambayes.priors.Gaussian`) or None; enters as residuals
-    model_error : "none" | "cv" | "cv_minus_noise", see `Emulator.model_error`
+    model_error : "auto" | "correlated" | "cv" | "cv_minus_noise" | "none", see
+        `Emulator.model_error`. "correlated" adds the emulator's correlated model error
+        (`error_factor_`, see `slambayes.model_covariance`) to the "cv" σ of Eq. 8;
+        "cv" is Eq. 8 with independent pixels. "auto" (default) is "correlated" when the
+        emulator has the factor (trained with CV) and "cv" otherwise; the catalog's
+        meta MODELERR says which was used.
     n_starts : number of starting points (best-matching training stars)
     bounds_pad : fraction of the training label range added on each side of the bounds
     method : "trf" (bounded, default) or "lm" (Levenberg–Marquardt, unbounded)
@@ -261,29 +315,48 @@ def fit_map(emulator, spectra, prior=None, model_error="cv", n_starts=1,
         re-run resumes (see `slambayes.catalog`)
     overwrite : discard an existing output of a different run
     jac : "analytic" (default) or "2-point" (finite differences; for benchmarks)
+    loss : "linear" (Eq. 8 exactly), "soft_l1" or "cauchy" (robust: pixels whose residual
+        exceeds `f_scale` total σ lose weight; see the module docstring)
+    f_scale : float > 0, in units of the total per-pixel σ
 
     Returns
     -------
     astropy Table, one row per spectrum in input order: `id`, one column per label
     (physical units), `<label>_err`, `cov` (k, k), `chi2`, `rchi2`, `rms_resid`,
-    `n_good_pix`, `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`,
+    `n_good_pix`, `n_downweighted`, `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`,
     `init_<label>`.
     """
     from joblib import delayed
 
     check_grid(emulator, spectra)
-    settings = MapSettings(model_error=model_error, n_starts=int(n_starts), bounds_pad=float(bounds_pad),
-                           method=method, max_nfev=int(max_nfev), jac=jac,
-                           prior_terms=_gaussian_terms(prior, emulator.label_names_))
+    has_factor = getattr(emulator, "error_factor_", np.zeros((0, 0))).shape[1] > 0
+    if model_error == "auto":
+        model_error = "correlated" if has_factor else "cv"
+    emulator.model_error(model_error)        # a clear ValueError for an unknown kind, before any work
     if method not in ("trf", "lm", "dogbox"):
         raise ValueError(f"method must be 'trf', 'dogbox' or 'lm', not {method!r}")
+    if loss not in _LOSSES:
+        raise ValueError(f"loss must be one of {sorted(_LOSSES)}, not {loss!r}")
+    if loss != "linear" and method == "lm":
+        raise ValueError("scipy's method='lm' supports only loss='linear'; use method='trf'")
+    if model_error == "correlated" and not has_factor:
+        raise ValueError("model_error='correlated' needs an emulator trained with cross-validation and "
+                         "error_rank > 0 (this one has no correlated model error: it was trained "
+                         "without CV or by an older slambayes); retrain it, or use model_error='cv'")
+    if not (np.isfinite(f_scale) and f_scale > 0):
+        raise ValueError(f"f_scale must be a positive number of σ, not {f_scale!r}")
+    settings = MapSettings(model_error=model_error, n_starts=int(n_starts), bounds_pad=float(bounds_pad),
+                           method=method, max_nfev=int(max_nfev), jac=jac,
+                           prior_terms=_gaussian_terms(prior, emulator.label_names_),
+                           loss=loss, f_scale=float(f_scale))
     train_models = emulator.predict(emulator.from_std(emulator.X_train_))
     ids = _ids(spectra, id_column)
     tasks = [delayed(fit_chunk)(emulator, spectra.flux[s:s + chunk_size], spectra.ivar[s:s + chunk_size],
                                 ids[s:s + chunk_size], train_models, settings)
              for s in range(0, spectra.n_star, chunk_size)]
     meta = dict(LABELS=",".join(emulator.label_names_), MODELSHA=emulator.training_hash_[:32],
-                MODELERR=model_error, METHOD=method, FLAGS=json.dumps(FLAGS))
+                MODELERR=model_error, METHOD=method, LOSS=loss, FSCALE=float(f_scale),
+                FLAGS=json.dumps(FLAGS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return run_chunked(tasks, output=output, fingerprint=_fingerprint(emulator, spectra, settings, chunk_size),

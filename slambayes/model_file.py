@@ -20,7 +20,9 @@ SCHEMA = "slambayes.emulator/1"
 ARRAYS = ("wave_", "label_mean_", "label_std_", "label_min_", "label_max_", "flux_mean_",
           "flux_std_", "X_train_", "dual_coef_", "intercept_", "C_", "gamma_", "cv_mse_",
           "cv_md_", "train_mse_", "noise_var_")
-PARAMS = ("C", "gamma", "epsilon", "cv", "random_state")
+# optional members (newer files); a file without them loads with no correlated model error
+OPTIONAL_ARRAYS = ("error_factor_",)
+PARAMS = ("C", "gamma", "epsilon", "cv", "random_state", "error_rank")
 DEFAULT_UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "m_h": "dex", "mgfe": "dex",
                  "alpha_m": "dex", "vmacro": "km/s"}
 
@@ -58,7 +60,7 @@ def save_emulator(em, path):
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         np.savez(fh, header=np.array(json.dumps(header)),
-                 **{k: np.asarray(getattr(em, k)) for k in ARRAYS})
+                 **{k: np.asarray(getattr(em, k)) for k in ARRAYS + OPTIONAL_ARRAYS if hasattr(em, k)})
     tmp.replace(path)   # never leave a half-written model behind
 
 
@@ -79,13 +81,15 @@ def load_emulator(cls, path):
             if missing:
                 raise ModelFileError(f"{path}: model file lacks {missing}")
             arrays = {k: d[k] for k in ARRAYS}
+            n_pix = arrays["wave_"].size
+            arrays["error_factor_"] = d["error_factor_"] if "error_factor_" in d.files else np.zeros((n_pix, 0))
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
         raise ModelFileError(f"{path}: corrupted or truncated model file ({exc})") from exc
     p = header["params"]
     em = cls(C=tuple(p["C"]), gamma=tuple(p["gamma"]), epsilon=p["epsilon"], cv=p["cv"],
-             random_state=p["random_state"])
+             random_state=p["random_state"], error_rank=p.get("error_rank", 0))
     for k, v in arrays.items():
         setattr(em, k, v)
     em.label_names_ = list(header["label_names"])

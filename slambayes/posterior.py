@@ -49,6 +49,10 @@ class Posterior:
         import numpyro
         numpyro.enable_x64()
 
+        if model_error == "correlated":
+            raise ValueError("the posterior samples Eq. 8 with independent pixel errors: use "
+                             "model_error='cv' (or 'cv_minus_noise', 'none'); 'correlated' is "
+                             "available in fit_map")
         self.emulator, self.prior, self.model_error = emulator, prior, model_error
         labels = tuple(emulator.label_names_)
         nuisance = {n: tuple(v) for n, v in dict(_prior_attr(prior, "nuisance", {})).items()
@@ -177,8 +181,9 @@ class Posterior:
         lm = None
         if hasattr(self.emulator, "expansion"):
             from .map_fit import fit_map
+            # loss="linear": the density sampled here is Eq. 8 itself, so its MAP is too
             lm = fit_map(self.emulator, spectrum, prior=self.prior if self.is_gaussian() else None,
-                         model_error=self.model_error, progress=False)[0]
+                         model_error=self.model_error, loss="linear", progress=False)[0]
             start = np.array([lm[n] for n in self.names[:k]], float)
             if self.is_gaussian() and np.all(np.isfinite(start)):
                 return dict(names=self.names, values=start, cov=np.array(lm["cov"], float), method="LM",

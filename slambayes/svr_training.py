@@ -27,12 +27,14 @@ def cv_pixel(grams, y, good, folds, C_grid, epsilon):
 
     grams : dict γ → (n, n) Gram matrix of all training stars
     y : (n,) standardized flux, good : (n,) bool, folds : list of (train, test) index arrays
-    Returns (mse, md) arrays of shape (n_C, n_γ): CV mean squared error and
-    mean difference (prediction − truth) over the held-out good stars.
+    Returns (mse, md, oof): arrays of shape (n_C, n_γ) with the CV mean squared error
+    and mean difference (prediction − truth) over the held-out good stars, and
+    (n_C, n_γ, n) with each star's out-of-fold residual (0 for a masked star).
     """
     gammas = list(grams)
     mse = np.full((len(C_grid), len(gammas)), np.inf)
     md = np.zeros_like(mse)
+    oof = np.zeros(mse.shape + (y.size,))
     for jg, g in enumerate(gammas):
         K = grams[g]
         for ic, C in enumerate(C_grid):
@@ -43,13 +45,14 @@ def cv_pixel(grams, y, good, folds, C_grid, epsilon):
                     continue
                 svr = SVR(kernel="precomputed", C=C, epsilon=epsilon).fit(K[np.ix_(tr, tr)], y[tr])
                 r = svr.predict(K[np.ix_(te, tr)]) - y[te]
+                oof[ic, jg, te] = r
                 sq += float(r @ r)
                 diff += float(r.sum())
                 n += te.size
             if n:
                 mse[ic, jg] = sq / n
                 md[ic, jg] = diff / n
-    return mse, md
+    return mse, md, oof
 
 
 def fit_pixel(X, y, good, C, gamma, epsilon):
@@ -61,12 +64,14 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
     """Train a block of pixels.
 
     X : (n, k) standardized labels; Y : (n, p) standardized flux; G : (n, p) bool good
-    Returns (dual (p, n), stats (p, len(PIXEL_STATS))).
+    Returns (dual (p, n), stats (p, len(PIXEL_STATS)), oof (p, n)): oof holds the
+    out-of-fold residuals of the chosen (C, γ) (zeros without CV or for masked stars).
     """
     n, p = Y.shape
     folds = list(KFold(n_splits=cv, shuffle=True, random_state=seed).split(X)) if cv else []
     grams = {g: rbf_gram(X, X, g) for g in gamma_grid} if cv else {}
     dual = np.zeros((p, n))
+    oof = np.zeros((p, n))
     stats = np.full((p, len(PIXEL_STATS)), np.nan)
     for j in range(p):
         y, good = Y[:, j], G[:, j]
@@ -75,9 +80,10 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
             stats[j] = (C_grid[0], gamma_grid[0], 1.0, 0.0, 1.0, 0.0)
             continue
         if cv:
-            mse, md = cv_pixel(grams, y, good, folds, C_grid, epsilon)
+            mse, md, res = cv_pixel(grams, y, good, folds, C_grid, epsilon)
             ic, jg = np.unravel_index(np.argmin(mse), mse.shape)
             C, g = C_grid[ic], gamma_grid[jg]
+            oof[j] = res[ic, jg]
             cv_mse, cv_md = mse[ic, jg], md[ic, jg]
         else:
             C, g, cv_mse, cv_md = C_grid[0], gamma_grid[0], np.nan, np.nan
@@ -86,4 +92,4 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
         dual[j, idx] = svr.dual_coef_[0]
         r = svr.predict(X[good]) - y[good]
         stats[j] = (C, g, cv_mse, cv_md, float(r @ r) / r.size, float(svr.intercept_[0]))
-    return dual, stats
+    return dual, stats, oof

@@ -190,3 +190,43 @@ def test_apogee_giants_five_fold_cv(bench_datasets):
           f"z-std {cal['z_std']}")
     assert np.all(scatter < 0.8 * baseline)
     assert np.all(np.isfinite(cal["z_std"]))
+
+
+def test_robust_loss_resists_outlier_pixels_and_agrees_on_clean_spectra(demo_small):
+    em, train = demo_small
+    sp = make_demo(20, snr=100.0, seed=12, wave=train.wave, ranges=[[5000, 6500], [2, 4.5], [-1, 0]])
+    rng = np.random.default_rng(0)
+    flux = sp.flux.copy()
+    hit = np.stack([rng.choice(sp.n_pix, 10, replace=False) for _ in range(sp.n_star)])
+    np.put_along_axis(flux, hit, np.take_along_axis(flux, hit, 1) + 0.3, 1)   # cosmic-ray-like spikes
+    spiked = Spectra(sp.wave, flux, sp.ivar, meta=sp.meta)
+    # independent pixel errors (Eq. 8): there each residual is one pixel's, so a spike stays in it
+    kw = dict(model_error="cv", progress=False)
+    clean = {loss: labels_from_catalog(fit_map(em, sp, loss=loss, **kw), em.label_names_)
+             for loss in ("linear", "soft_l1")}
+    cat = fit_map(em, spiked, loss="soft_l1", **kw)
+    robust, robust_err = labels_from_catalog(cat, em.label_names_)
+    naive, _ = labels_from_catalog(fit_map(em, spiked, **kw), em.label_names_)
+    clean_err = clean["linear"][1]
+    # clean spectra: the robust fit is the Eq. 8 fit, to a small fraction of σ
+    d = np.abs(clean["soft_l1"][0] - clean["linear"][0]) / clean_err
+    print("clean |Δ|/σ median, max:", np.median(d), d.max())
+    assert np.median(d) < 0.2 and d.max() < 0.6
+    # spiked spectra: the robust fit stays where the clean fit was, the quadratic one is dragged off
+    z_robust = np.abs(robust - clean["linear"][0]) / clean_err
+    z_naive = np.abs(naive - clean["linear"][0]) / clean_err
+    print("spiked |Δ|/σ median: robust", np.median(z_robust), "quadratic", np.median(z_naive))
+    assert np.median(z_robust) < 0.5 and np.median(z_naive) > 2 * np.median(z_robust)
+    assert np.all(cat["n_downweighted"] >= 8) and cat.meta["LOSS"] == "soft_l1"
+    assert np.all(np.isfinite(robust_err)) and np.all(robust_err >= 0.9 * clean_err)
+
+
+def test_loss_options_are_checked(demo_small):
+    em, train = demo_small
+    sp = make_demo(1, wave=train.wave)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        fit_map(em, sp, loss="tukey", progress=False)
+    with pytest.raises(ValueError, match="only loss='linear'"):
+        fit_map(em, sp, loss="cauchy", method="lm", progress=False)
+    with pytest.raises(ValueError, match="f_scale"):
+        fit_map(em, sp, loss="soft_l1", f_scale=0, progress=False)
