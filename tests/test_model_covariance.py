@@ -38,25 +38,14 @@ def test_error_factor_recovers_a_shared_error_pattern(rng):
     assert error_factor(resid, np.zeros_like(good), rank=3).any() == False  # noqa: E712
 
 
-@pytest.fixture(scope="module")
-def demo_pair():
-    """The same demo training set with and without correlated model error."""
-    from slambayes.preprocess import default_grid
-
-    wave = default_grid(4800.0, 5300.0, 2.0)
-    train = make_demo(250, snr=100.0, seed=11, wave=wave)
-    kw = dict(C=(3.0, 30.0), gamma=(0.1, 0.3), cv=3, n_jobs=1, progress=False)
-    return Emulator(error_rank=10, **kw).fit(train), train
-
-
-def test_correlated_model_error_fits_saves_and_loads(demo_pair, tmp_path):
-    em, train = demo_pair
+def test_correlated_model_error_fits_saves_and_loads(demo_small, tmp_path):
+    em, train = demo_small
     F = em.error_factor_
-    assert F.shape == (train.n_pix, 10)
+    assert F.shape == (train.n_pix, train.n_star // 5)              # error_rank "auto"
     assert np.all((F**2).sum(1) <= em.model_error("cv") ** 2 * (1 + 1e-9))
     em.save(tmp_path / "m.npz")
     back = Emulator.load(tmp_path / "m.npz")
-    assert np.array_equal(back.error_factor_, F) and back.error_rank == 10
+    assert np.array_equal(back.error_factor_, F) and back.error_rank == "auto"
     test = make_demo(60, snr=50.0, seed=21, wave=train.wave, ranges=[[4800, 6800], [2, 4.5], [-1.2, 0.1]])
     cats = {me: fit_map(back, test, model_error=me, progress=False) for me in ("cv", "correlated")}
     for me, cat in cats.items():
@@ -71,8 +60,8 @@ def test_correlated_model_error_fits_saves_and_loads(demo_pair, tmp_path):
     assert np.median(e_corr / e_cv) > 0.9
 
 
-def test_correlated_model_error_needs_a_factor(demo_pair):
-    em, train = demo_pair
+def test_correlated_model_error_needs_a_factor(demo_small):
+    em, train = demo_small
     flat = Emulator(C=(10.0,), gamma=(0.1,), cv=0, n_jobs=1, progress=False).fit(train)
     assert flat.error_factor_.shape == (train.n_pix, 0)
     with pytest.raises(ValueError, match="correlated.*cross-validation"):
