@@ -51,6 +51,11 @@ SLAMBAYES_FITS = {"slambayes": {}, "slambayes_eq8": dict(model_error="cv"),
                   "slambayes_soft_l1": dict(loss="soft_l1", f_scale=1.0)}
 
 
+def row_names(method):
+    """The table rows one method produces."""
+    return list(SLAMBAYES_FITS) if method == "slambayes" else [method]
+
+
 # ------------------------------------------------------------------ methods
 def run_slambayes(split, n_jobs, cv):
     """{row name: (pred, err, train_s, fit_s)} for every entry of SLAMBAYES_FITS."""
@@ -190,10 +195,10 @@ def main():
                 return {(float(k) if k.replace(".", "").isdigit() else k): arrays(v) for k, v in o.items()}
             return np.asarray(o) if isinstance(o, list) else o
         for m in reuse:
-            for row in (r for r in (SLAMBAYES_FITS if m == "slambayes" else [m]) if r in old):
+            for row in (r for r in row_names(m) if r in old):
                 results[row] = arrays(old[row])
                 print(f"  {row:17s} taken from the earlier run (bench/compare_{args.dataset}.json)")
-    rows = [r for m in methods for r in (SLAMBAYES_FITS if m == "slambayes" else [m])]
+    rows = [r for m in methods for r in row_names(m)]
     for m in methods:
         if m in results:
             continue

@@ -81,7 +81,7 @@ def cmd_train(a):
     print(f"training on {sp.n_star} spectra × {sp.n_pix} pixels, labels {sp.label_names}")
     t0 = time.perf_counter()
     em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
-                  random_state=a.seed, **({} if a.error_rank is None else dict(error_rank=a.error_rank))).fit(sp)
+                  random_state=a.seed, error_rank=a.error_rank).fit(sp)
     em.save(a.out)
     print(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}; "
           f"model written to {a.out}")
@@ -229,8 +229,8 @@ def build_parser():
     t.add_argument("--gamma", type=_floats, default=(0.01, 0.1, 1.0))
     t.add_argument("--epsilon", type=float, default=0.05)
     t.add_argument("--cv", type=int, default=5)
-    t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default=None,
-                   help="components of the correlated model error kept (0: none; default: Emulator's)")
+    t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default="auto",
+                   help="components of the correlated model error kept (0: none; auto: n_train // 5, ≤ 100)")
     t.add_argument("--n-jobs", type=int, default=-1)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)

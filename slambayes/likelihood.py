@@ -6,13 +6,15 @@ over good pixels (ivar > 0), σ_obs,j = ivar_j^(−1/2), σ_j the emulator's
 model error. Everything is expressed through the per-pixel weight
 w_j = 1 / (σ²_obs,j + σ²_j) = ivar_j / (1 + ivar_j σ²_j), which is 0 for a
 bad pixel, so masked pixels drop out without special cases (and without NaN
-gradients in jax).
+gradients in jax). The least-squares residuals for the MAP are these weights'
+square roots, applied by `slambayes.model_covariance.Whitener` (with or without
+the correlated part of the model error).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pixel_weights", "whitened_residuals", "log_likelihood", "log_norm"]
+__all__ = ["pixel_weights", "log_likelihood", "log_norm"]
 
 
 def pixel_weights(ivar, sigma_model):
@@ -31,11 +33,6 @@ def log_norm(weights):
     w = np.asarray(weights, float)
     good = w > 0
     return -0.5 * np.sum(np.where(good, np.log(2 * np.pi) - np.log(np.where(good, w, 1.0)), 0.0), -1)
-
-
-def whitened_residuals(flux, model, weights, xp=np):
-    """r_j = (f_j − f_j(θ)) √w_j; Σ r² is the χ² term of Eq. 8. Shape (..., n_pix)."""
-    return (flux - model) * xp.sqrt(weights)
 
 
 def log_likelihood(flux, model, weights, norm=0.0, xp=np):

@@ -173,12 +173,12 @@ def _fit_one(emulator, flux, weights, starts_std, lo, hi, settings, factor=None)
         return row
     prob = _Problem(emulator, flux, weights, settings, factor)
     best = None
+    jac = prob.jacobian if settings.jac == "analytic" else settings.jac
+    kw = dict(jac=jac, x_scale="jac", max_nfev=settings.max_nfev)
+    if settings.loss != "linear":
+        kw.update(loss=pixel_loss(settings.loss, prob.flux.size), f_scale=settings.f_scale)
     for x0 in starts_std:
         x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
-        jac = prob.jacobian if settings.jac == "analytic" else settings.jac
-        kw = dict(jac=jac, x_scale="jac", max_nfev=settings.max_nfev)
-        if settings.loss != "linear":
-            kw.update(loss=pixel_loss(settings.loss, prob.flux.size), f_scale=settings.f_scale)
         if settings.method == "lm":
             res = least_squares(prob.residuals, x0, method="lm", **kw)
         else:
