@@ -45,9 +45,11 @@ C_GRID, GAMMA_GRID, EPSILON = (1.0, 10.0, 100.0), (0.01, 0.1, 1.0), 0.05
 METHODS = ("slambayes", "astroslam", "cannon")
 # slambayes' MAP in three flavours from one trained emulator: "slambayes" is fit_map's default
 # (the per-pixel error of Eq. 8 plus its correlations between pixels); "slambayes_eq8" is Eq. 8
-# with independent pixels; "slambayes_soft_l1" is the default with scipy's robust soft_l1 loss
+# with independent pixels (formal errors); "slambayes_formal" is the default without the error
+# calibration; "slambayes_soft_l1" is the default with scipy's robust soft_l1 loss
 # (pixels off by more than 1 total σ lose weight; astroslam fits with soft_l1 too)
-SLAMBAYES_FITS = {"slambayes": {}, "slambayes_eq8": dict(model_error="cv"),
+SLAMBAYES_FITS = {"slambayes": {}, "slambayes_formal": dict(calibration="none"),
+                  "slambayes_eq8": dict(model_error="cv"),
                   "slambayes_soft_l1": dict(loss="soft_l1", f_scale=1.0)}
 
 
@@ -59,7 +61,7 @@ def row_names(method):
 # ------------------------------------------------------------------ methods
 def run_slambayes(split, n_jobs, cv):
     """{row name: (pred, err, train_s, fit_s)} for every entry of SLAMBAYES_FITS."""
-    from slambayes import Emulator, Spectra, fit_map
+    from slambayes import Emulator, Spectra, calibrate, fit_map
     from slambayes.validation import labels_from_catalog
 
     tr, te = split["train"], split["test"]
@@ -67,6 +69,9 @@ def run_slambayes(split, n_jobs, cv):
     t0 = time.perf_counter()
     em = Emulator(C=C_GRID, gamma=GAMMA_GRID, epsilon=EPSILON, cv=cv, n_jobs=n_jobs, progress=False).fit(train)
     train_s = time.perf_counter() - t0
+    calibrate(em, train)                          # out-of-fold fits of the training stars only
+    print(f"    calibration (training set, out-of-fold): {em.calibration_.stats}, "
+          f"{time.perf_counter() - t0 - train_s:.1f} s", flush=True)
     test = Spectra(split["wave"], te["flux"], te["ivar"])
     out = {}
     for name, kw in SLAMBAYES_FITS.items():
@@ -130,6 +135,7 @@ def stats(pred, err, truth):
     return dict(scatter=np.nanstd(res, 0), bias=np.nanmean(res, 0), mae=np.nanmean(np.abs(res), 0),
                 median_err=np.nanmedian(err, 0),
                 z_std=np.array([np.std(z[ok[:, j], j]) for j in range(z.shape[1])]),
+                coverage68=np.array([np.mean(np.abs(z[ok[:, j], j]) < 1) for j in range(z.shape[1])]),
                 n_failed=int((~np.all(np.isfinite(pred), 1)).sum()))
 
 
@@ -226,12 +232,13 @@ def main():
 
     print(f"\n{args.dataset}: labels {' / '.join(names)}")
     print(f"{'method':17s} {'scatter':>28s} {'bias':>26s} {'MAE':>24s} {'median σ':>24s} {'z-std':>18s}"
-          f" {'train s/fold':>12s} {'MAP s/spec':>11s}")
+          f" {'68% cover':>18s} {'train s/fold':>12s} {'MAP s/spec':>11s}")
     results = {m: results[m] for m in rows if m in results}
     for m, r in results.items():
         a = r["all"]
         print(f"{m:17s} {fmt(a['scatter']):>28s} {fmt(a['bias']):>26s} {fmt(a['mae']):>24s} "
-              f"{fmt(a['median_err']):>24s} {fmt(a['z_std']):>18s} {r['train_s_per_fold']:12.1f} "
+              f"{fmt(a['median_err']):>24s} {fmt(a['z_std']):>18s} {fmt(a.get('coverage68', np.nan)):>18s} "
+              f"{r['train_s_per_fold']:12.1f} "
               f"{r['fit_s_per_spectrum']:11.4f}")
     for o in (o for o in SLAMBAYES_FITS if o in results):
         ours = results[o]

@@ -24,9 +24,11 @@ class Uniform(Prior):
 
     @classmethod
     def from_emulator(cls, emulator, pad=0.0):
-        span = emulator.label_max_ - emulator.label_min_
-        return cls(emulator.label_names_, emulator.label_min_ - pad * span,
-                   emulator.label_max_ + pad * span)
+        """The support box of `slambayes.label_space.LabelSpace.from_emulator(emulator, pad)`."""
+        from slambayes.label_space import LabelSpace
+
+        space = LabelSpace.from_emulator(emulator, pad)
+        return cls(space.names, space.low, space.high)
 
     def log_prob(self, values):
         import jax.numpy as jnp

@@ -82,8 +82,15 @@ def cmd_train(a):
     t0 = time.perf_counter()
     em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
                   random_state=a.seed, error_rank=a.error_rank).fit(sp)
+    calib = ""
+    if a.calibrate and a.cv >= 2:
+        from .out_of_fold import calibrate
+        calibrate(em, sp)
+        z0, z1 = (em.calibration_.stats[k] for k in ("z_std_formal", "z_std_calibrated"))
+        calib = (f"; error calibration from out-of-fold fits: z-score std "
+                 + ", ".join(f"{n} {a0:.2f} → {a1:.2f}" for n, a0, a1 in zip(em.label_names_, z0, z1)))
     em.save(a.out)
-    print(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}; "
+    print(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}{calib}; "
           f"model written to {a.out}")
 
 
@@ -97,7 +104,7 @@ def cmd_fit(a):
     if a.scheduler:
         from dask.distributed import Client
         client = Client(a.scheduler)
-    cat = fit_map(em, sp, model_error=a.model_error, n_starts=a.n_starts, chunk_size=a.chunk_size,
+    cat = fit_map(em, sp, model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, chunk_size=a.chunk_size,
                   n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
                   loss=a.loss, f_scale=a.f_scale)
     n_bad = int((cat["flag"] != 0).sum())
@@ -159,7 +166,7 @@ def cmd_sample(a):
     prior = parse_prior(a.prior, em) if a.prior else None
     idata = sample(em, sp, prior=prior, sampler=a.sampler, num_warmup=a.num_warmup,
                    num_samples=a.num_samples, num_chains=a.num_chains, num_walkers=a.num_walkers,
-                   seed=a.seed, model_error=a.model_error)
+                   seed=a.seed, model_error=a.model_error, calibration=a.calibration)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -205,6 +212,16 @@ def cmd_demo(a):
     run_demo(Path(a.out), n_train=a.n_train, n_test=a.n_test, n_jobs=a.n_jobs, seed=a.seed)
 
 
+def _noise_options(parser):
+    from .likelihood import CALIBRATIONS, MODEL_ERRORS
+
+    parser.add_argument("--model-error", default="auto", choices=MODEL_ERRORS,
+                        help="auto: correlated if the model has it, else cv (Eq. 8, independent pixels); "
+                             "fit and sample share the default")
+    parser.add_argument("--calibration", default="auto", choices=CALIBRATIONS,
+                        help="auto: the model's out-of-fold error calibration, if it has one")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="slambayes", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -231,6 +248,8 @@ def build_parser():
     t.add_argument("--cv", type=int, default=5)
     t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default="auto",
                    help="components of the correlated model error kept (0: none; auto: n_train // 5, ≤ 100)")
+    t.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="skip the error calibration from out-of-fold fits of the training stars")
     t.add_argument("--n-jobs", type=int, default=-1)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
@@ -239,8 +258,7 @@ def build_parser():
     f.add_argument("--model", required=True)
     f.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS files/folders")
     f.add_argument("--out", required=True, help="catalog (.fits, .ecsv or .parquet); re-run resumes")
-    f.add_argument("--model-error", default="auto", choices=("auto", "correlated", "cv", "cv_minus_noise", "none"),
-                   help="auto: correlated if the model has it, else cv (Eq. 8, independent pixels)")
+    _noise_options(f)
     f.add_argument("--n-starts", type=int, default=1)
     f.add_argument("--loss", default="linear", choices=("linear", "soft_l1", "cauchy"),
                    help="linear: Eq. 8; soft_l1/cauchy: robust against outlier pixels")
@@ -263,7 +281,7 @@ def build_parser():
     s.add_argument("--num-samples", type=int, default=1000)
     s.add_argument("--num-chains", type=int, default=4)
     s.add_argument("--num-walkers", type=int, default=32)
-    s.add_argument("--model-error", default="cv", choices=("none", "cv", "cv_minus_noise"))
+    _noise_options(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="netCDF file to write, e.g. star.nc")
     s.set_defaults(func=cmd_sample)

@@ -35,25 +35,41 @@ def gaussian_kl(mean_p, cov_p, mean_q, cov_q):
     return 0.5 * float(np.trace(q_inv @ cov_p) + d @ q_inv @ d - k + logdet_q - logdet_p)
 
 
+class NoiseMismatchError(ValueError):
+    """The MAP row and the posterior come from different likelihoods (noise models)."""
+
+
 def _map_dict(idata, map_row):
     from .sampling import map_from_idata
 
     if map_row is None:
-        return map_from_idata(idata)
+        return map_from_idata(idata)                        # the sampler's own MAP: same density
     if isinstance(map_row, dict):
-        return map_row
-    names = [n for n in idata.posterior.data_vars if n in map_row.colnames]   # astropy Row of fit_map
-    return dict(names=tuple(names), values=np.array([map_row[n] for n in names], float),
-                cov=np.asarray(map_row["cov"], float)[:len(names), :len(names)])
+        m = map_row
+    else:                                                   # an astropy Row of fit_map's catalog
+        names = [n for n in idata.posterior.data_vars if n in map_row.colnames]
+        m = dict(names=tuple(names), values=np.array([map_row[n] for n in names], float),
+                 cov=np.asarray(map_row["cov"], float)[:len(names), :len(names)],
+                 noise=str(getattr(map_row, "meta", {}).get("NOISETAG", "")))
+    post_noise = str(idata.posterior.attrs.get("noise", ""))
+    if m.get("noise") is None or not post_noise:
+        raise NoiseMismatchError("cannot tell which likelihood the MAP row was made with (no noise "
+                                 "model recorded); compare rows of a catalog written by this slambayes")
+    if m["noise"] != post_noise:
+        raise NoiseMismatchError(f"the MAP row comes from another likelihood ({m['noise']!r}) than the "
+                                 f"posterior ({post_noise!r}); fit the catalog with the same model_error "
+                                 f"and calibration as the sampler, or compare with the MAP stored in the "
+                                 f"posterior (map_row=None)")
+    return m
 
 
-def _laplace_and_draws(idata, map_row, names=None):
+def _laplace_and_draws(idata, map_row, names=None, group="posterior"):
     """(names, MAP values, LM covariance, draws (n_draw, k)) for the parameters both hold."""
     m = _map_dict(idata, map_row)
     names = names or [n for n in m["names"] if n in idata.posterior.data_vars]
     idx = [list(m["names"]).index(n) for n in names]
     mu, cov = np.asarray(m["values"], float)[idx], np.asarray(m["cov"], float)[np.ix_(idx, idx)]
-    draws = np.stack([idata.posterior[n].values.ravel() for n in names], -1)
+    draws = np.stack([getattr(idata, group)[n].values.ravel() for n in names], -1)
     return m, names, mu, cov, draws
 
 
@@ -63,21 +79,26 @@ def compare_to_laplace(idata, map_row=None):
     Parameters
     ----------
     idata : InferenceData from `slambayes.sample`
-    map_row : dict(names, values, cov), a row of `fit_map`'s catalog, or None
-        (the MAP stored in `idata` by `sample`)
+    map_row : dict(names, values, cov, noise), a row of `fit_map`'s catalog, or None
+        (the MAP stored in `idata` by `sample`). A row made with another noise model
+        (model error or calibration) than the posterior is refused (`NoiseMismatchError`).
 
     Returns
     -------
     astropy Table, one row per parameter: name, map, sigma_lm, post_mean, post_sd,
     r_hat, ess_bulk, ess_tail, shift, width. ``meta``: divergences, kl,
-    sampling_ok, laplace_ok, thresholds.
+    sampling_ok, laplace_ok, thresholds. With a calibrated posterior, the sampler's
+    convergence (R-hat, ESS) is judged on the draws it made (``posterior_formal``)
+    and shift/width/KL on the calibrated ones against the calibrated MAP covariance.
     """
     import arviz as az
     from astropy.table import Table
 
     m, names, mu_lm, cov_lm, draws = _laplace_and_draws(idata, map_row)
     mu_p, cov_p = draws.mean(0), np.atleast_2d(np.cov(draws, rowvar=False))
-    summ = az.summary(idata, var_names=names, kind="diagnostics", round_to="none")
+    sampled = idata.posterior_formal if "posterior_formal" in idata.groups() else idata.posterior
+    summ = az.summary(az.InferenceData(posterior=sampled), var_names=names, kind="diagnostics",
+                      round_to="none")
     sig_lm = np.sqrt(np.diag(cov_lm))
     t = Table(dict(name=names, map=mu_lm, sigma_lm=sig_lm, post_mean=mu_p, post_sd=np.sqrt(np.diag(cov_p)),
                    r_hat=summ["r_hat"].to_numpy(float), ess_bulk=summ["ess_bulk"].to_numpy(float),

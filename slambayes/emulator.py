@@ -2,22 +2,17 @@
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
-
 import numpy as np
 
 from .kernel_expansion import KernelExpansion
 from .model_covariance import error_factor
 from .preprocess import standardize
-from .svr_training import PIXEL_STATS, fit_pixel_block
+from .svr_training import PIXEL_STATS, fit_pixel_block, run_pixel_blocks
 
-__all__ = ["Emulator", "DEFAULT_C", "DEFAULT_GAMMA", "MODEL_ERRORS"]
+__all__ = ["Emulator", "DEFAULT_C", "DEFAULT_GAMMA"]
 
 DEFAULT_C = tuple(10.0 ** np.array([0.0, 0.5, 1.0, 1.5, 2.0]))
 DEFAULT_GAMMA = tuple(10.0 ** np.array([-3.0, -2.0, -1.0]))
-# how the model error enters the likelihood ("correlated": the "cv" σ per pixel plus the
-# correlations of `error_factor_`, see slambayes.model_covariance)
-MODEL_ERRORS = ("none", "cv", "cv_minus_noise", "correlated")
 
 
 def training_hash(labels, flux, ivar):
@@ -105,11 +100,12 @@ class Emulator:
         for i, name in enumerate(PIXEL_STATS):
             setattr(self, name + "_", stats[:, i].copy())
         self.error_factor_ = error_factor(oof.T, good, self._error_rank(spectra.n_star)) \
-            * self.model_error("cv")[:, None]
+            * self.cv_error[:, None]
         with np.errstate(divide="ignore"):
             var = np.where(good, 1.0 / np.where(good, spectra.ivar, 1.0), 0.0) / self.flux_std_**2
         self.noise_var_ = var.sum(0) / np.maximum(good.sum(0), 1)
         self.training_hash_ = training_hash(labels, spectra.flux, spectra.ivar)
+        self.calibration_ = self.checks_ = None   # they belong to one fit (slambayes.calibrate)
         self._expansion = None
         return self
 
@@ -119,21 +115,12 @@ class Emulator:
         return min(n_train // 5, 100) if self.error_rank == "auto" else int(self.error_rank)
 
     def _train(self, X, Y, good):
-        from joblib import Parallel, delayed, parallel_config
-        from tqdm.auto import tqdm
-
-        n_pix = Y.shape[1]
         C_grid = tuple(float(c) for c in np.atleast_1d(self.C))
         g_grid = tuple(float(g) for g in np.atleast_1d(self.gamma))
-        starts = range(0, n_pix, self.block_size)
-        task = delayed(fit_pixel_block)
-        with parallel_config(backend=self.backend) if self.backend else nullcontext():
-            gen = Parallel(n_jobs=self.n_jobs, return_as="generator")(
-                task(X, Y[:, s:s + self.block_size], good[:, s:s + self.block_size],
-                     C_grid, g_grid, self.epsilon, self.cv, self.random_state) for s in starts)
-            parts = list(tqdm(gen, total=len(starts), desc="training pixels", unit="block",
-                              disable=not self.progress))
-        return tuple(np.vstack([p[i] for p in parts]) for i in range(3))
+        return run_pixel_blocks(fit_pixel_block, X, Y, good,
+                                shared=(C_grid, g_grid, self.epsilon, self.cv, self.random_state),
+                                block_size=self.block_size, n_jobs=self.n_jobs, backend=self.backend,
+                                progress=self.progress)
 
     # ------------------------------------------------------------ properties
     def _check_fitted(self):
@@ -154,26 +141,13 @@ class Emulator:
                                                          self.intercept_, self.gamma_)
         return self._expansion
 
-    def model_error(self, kind="cv", floor=1e-4):
-        """Per-pixel model error σ_j in flux units, shape (n_pix,).
-
-        kind "cv": s_j·sqrt(CV MSE_j); "cv_minus_noise": the same after removing
-        the training spectra's mean noise variance (so that the observed σ is
-        not counted twice), floored at `floor` (standardized variance);
-        "correlated": the same σ as "cv" (its correlations are `error_factor_`);
-        "none": zeros.
-        """
+    @property
+    def cv_error(self):
+        """s_j·sqrt(CV MSE_j): each pixel's cross-validated model error in flux units, (n_pix,)
+        (the training MSE where a pixel has no CV). How it enters the likelihood is
+        `slambayes.likelihood.NoiseModel`'s business."""
         self._check_fitted()
-        if kind == "none":
-            return np.zeros_like(self.flux_std_)
-        if kind not in MODEL_ERRORS:
-            raise ValueError(f"model error kind must be one of {MODEL_ERRORS}, not {kind!r}")
-        if kind == "correlated":
-            kind = "cv"      # the same marginal σ; the correlations are in error_factor_
-        mse = np.where(np.isfinite(self.cv_mse_), self.cv_mse_, self.train_mse_)
-        if kind == "cv_minus_noise":
-            mse = np.maximum(mse - self.noise_var_, floor)
-        return self.flux_std_ * np.sqrt(mse)
+        return self.flux_std_ * np.sqrt(np.where(np.isfinite(self.cv_mse_), self.cv_mse_, self.train_mse_))
 
     # ------------------------------------------------------------ prediction
     def to_std(self, labels):

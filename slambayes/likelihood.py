@@ -1,20 +1,37 @@
-"""The likelihood of the paper's Eq. 8, with observed and model errors per pixel.
+"""The likelihood of the paper's Eq. 8 and its correlated extension, as ONE noise model.
 
-    ln p(f | θ) = −½ Σ_j [ (f_j − f_j(θ))² / (σ²_obs,j + σ²_j) + ln 2π(σ²_obs,j + σ²_j) ]
+    ln p(f | θ) = −½ [ rᵀ Σ⁻¹ r + ln det 2πΣ ],   r = f − f(θ) on the good pixels (ivar > 0)
+    Σ = diag(σ²_obs) + Σ_model
 
-over good pixels (ivar > 0), σ_obs,j = ivar_j^(−1/2), σ_j the emulator's
-model error. Everything is expressed through the per-pixel weight
-w_j = 1 / (σ²_obs,j + σ²_j) = ivar_j / (1 + ivar_j σ²_j), which is 0 for a
-bad pixel, so masked pixels drop out without special cases (and without NaN
-gradients in jax). The least-squares residuals for the MAP are these weights'
-square roots, applied by `slambayes.model_covariance.Whitener` (with or without
-the correlated part of the model error).
+Eq. 8 is Σ_model = diag(σ²_model) (independent pixels); the correlated model
+error is Σ_model = diag(ψ) + F Fᵀ with diag(Σ_model) = σ²_model, F the leading
+principal components of the emulator's out-of-fold CV residuals (see
+`slambayes.model_covariance`). `NoiseModel.resolve` is the one place where a
+model-error setting ("auto", "correlated", "cv", "cv_minus_noise", "none") and
+the calibration setting are turned into arrays; every consumer (survey MAP,
+single-star MAP, NUTS, emcee, diagnostics) takes the resolved object.
+
+For one spectrum, `NoiseModel.star(ivar)` gives a `StarNoise`: Σ = D^½(I + V Vᵀ)D^½
+with D = diag(σ²_obs + ψ), V = D^(−½) F = Q S Pᵀ, so Σ^(−½) = (I − Q c Qᵀ) D^(−½),
+c = 1 − (1 + S²)^(−½), and
+
+    rᵀ Σ⁻¹ r = ‖r_w‖² − ‖√(2c − c²) ∘ Qᵀ r_w‖²,   r_w = D^(−½) r.
+
+All its arrays cover every pixel (0 on bad ones), so jax compiles the density
+once for any mask; numpy's `whiten` (for least squares) and the jax
+`log_likelihood` (for the samplers) are the same algebra.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
 import numpy as np
 
-__all__ = ["pixel_weights", "log_likelihood", "log_norm"]
+__all__ = ["MODEL_ERRORS", "CALIBRATIONS", "NoiseModel", "StarNoise", "pixel_weights", "model_sigma"]
+
+MODEL_ERRORS = ("auto", "correlated", "cv", "cv_minus_noise", "none")
+CALIBRATIONS = ("auto", "none")
 
 
 def pixel_weights(ivar, sigma_model):
@@ -28,17 +45,223 @@ def pixel_weights(ivar, sigma_model):
     return np.where(ivar > 0, ivar / (1.0 + ivar * s2), 0.0)
 
 
-def log_norm(weights):
-    """The θ-independent part of Eq. 8: −½ Σ_j ln(2π / w_j) over good pixels, (...,)."""
-    w = np.asarray(weights, float)
-    good = w > 0
-    return -0.5 * np.sum(np.where(good, np.log(2 * np.pi) - np.log(np.where(good, w, 1.0)), 0.0), -1)
+def model_sigma(emulator, kind, floor=1e-4):
+    """Per-pixel model error σ_j in flux units, (n_pix,), for a resolved `kind`.
 
-
-def log_likelihood(flux, model, weights, norm=0.0, xp=np):
-    """Eq. 8: −½ Σ_j w_j (f_j − f_j(θ))² + norm, with norm = `log_norm(weights)`.
-
-    Works with numpy or jax.numpy (`xp`); broadcasts over leading axes of `model`.
+    "cv" and "correlated": s_j·sqrt(CV MSE_j) (the training MSE for pixels without CV);
+    "cv_minus_noise": the same after removing the training spectra's mean noise variance
+    (so the observed σ is not counted twice), floored at `floor` (standardized variance);
+    "none": zeros.
     """
-    r = flux - model
-    return -0.5 * xp.sum(weights * r * r, axis=-1) + norm
+    if kind == "none":
+        return np.zeros_like(emulator.flux_std_)
+    if kind == "cv_minus_noise":
+        mse = (emulator.cv_error / emulator.flux_std_) ** 2
+        return emulator.flux_std_ * np.sqrt(np.maximum(mse - emulator.noise_var_, floor))
+    return emulator.cv_error
+
+
+@dataclass(frozen=True)
+class StarNoise:
+    """The noise of one spectrum (n_pix pixels, m correlated components).
+
+    isd : (n_pix,) D^(−½), 0 on bad pixels; Q : (n_pix, m); c : (m,); norm : −½ ln det 2πΣ
+    weights : (n_pix,) Eq. 8's diagonal 1/(σ²_obs + σ²_model) (for starting points)
+    var_obs : (n_pix,) σ²_obs, 0 on bad pixels
+    """
+
+    isd: np.ndarray
+    Q: np.ndarray
+    c: np.ndarray
+    norm: float
+    weights: np.ndarray
+    var_obs: np.ndarray
+
+    @property
+    def good(self):
+        return self.isd > 0
+
+    @property
+    def n_good(self):
+        return int(self.good.sum())
+
+    @property
+    def model_share(self):
+        """Mean over good pixels of σ²_model / (σ²_obs + σ²_model): how much of this spectrum's
+        error budget is the emulator's (→ 1 at high S/N)."""
+        g = self.good
+        return float(np.mean(1.0 - self.var_obs[g] * self.weights[g])) if g.any() else np.nan
+
+    def whiten(self, x):
+        """Σ^(−½) x for x (n_pix,) or (n_pix, k); ‖whiten(r)‖² = rᵀ Σ⁻¹ r."""
+        x = np.asarray(x, float)
+        isd = self.isd if x.ndim == 1 else self.isd[:, None]
+        xw = x * isd
+        if self.c.size == 0:
+            return xw
+        proj = self.Q.T @ xw
+        return xw - self.Q @ (self.c * proj if x.ndim == 1 else self.c[:, None] * proj)
+
+    def whiten_T(self, x):
+        """(Σ^(−½))ᵀ x, so that Σ⁻¹ J = whiten_T(whiten(J))."""
+        x = np.asarray(x, float)
+        if self.c.size:
+            proj = self.Q.T @ x
+            x = x - self.Q @ (self.c * proj if x.ndim == 1 else self.c[:, None] * proj)
+        return x * (self.isd if x.ndim == 1 else self.isd[:, None])
+
+    def model_part(self, Jw, cov):
+        """The share of a fit's covariance `cov` (k, k) that comes from the model error:
+        cov Jᵀ Σ⁻¹ Σ_model Σ⁻¹ J cov, from the whitened Jacobian Jw = Σ^(−½) J (n_pix, k).
+        (The rest, cov Jᵀ Σ⁻¹ Σ_obs Σ⁻¹ J cov, is the observed noise's; with a prior, its
+        share cov P cov is neither.)"""
+        G = self.whiten_T(Jw)
+        info_model = Jw.T @ Jw - G.T @ (self.var_obs[:, None] * G)
+        return cov @ info_model @ cov
+
+    def arrays(self):
+        """(isd, Q, 2c − c², norm): the data the jax density takes."""
+        return self.isd, self.Q, self.c * (2.0 - self.c), np.float64(self.norm)
+
+    @staticmethod
+    def log_likelihood(resid, isd, Q, c2, norm, xp=np):
+        """−½ rᵀ Σ⁻¹ r + norm for residuals (..., n_pix); numpy or jax.numpy."""
+        rw = resid * isd
+        p = rw @ Q
+        return -0.5 * (xp.sum(rw * rw, axis=-1) - xp.sum(c2 * p * p, axis=-1)) + norm
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """The resolved noise model of an emulator: model error (with correlations) and calibration.
+
+    kind : "correlated" | "cv" | "cv_minus_noise" | "none" (never "auto")
+    sigma_model : (n_pix,) flux units; factor : (n_pix, m) flux units (m = 0 unless correlated)
+    calibration : `slambayes.calibration.Calibration` or None (formal errors only)
+    """
+
+    kind: str
+    sigma_model: np.ndarray
+    factor: np.ndarray
+    calibration: object = None
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def resolve(cls, emulator, model_error="auto", calibration="auto"):
+        """The noise model for `emulator`. An existing `NoiseModel` passes through (checked).
+
+        model_error : "auto" (correlated when the emulator has the factor, i.e. was trained
+            with CV, else "cv"), "correlated", "cv" (Eq. 8, independent pixels),
+            "cv_minus_noise", "none"
+        calibration : "auto" (the emulator's `calibration_` when it has one) or "none"
+        """
+        if isinstance(model_error, NoiseModel):
+            if model_error.sigma_model.shape != np.shape(emulator.wave_):
+                raise ValueError(f"the noise model has {model_error.sigma_model.size} pixels, the "
+                                 f"emulator {np.size(emulator.wave_)}")
+            return model_error
+        if model_error not in MODEL_ERRORS:
+            raise ValueError(f"model_error must be one of {MODEL_ERRORS}, not {model_error!r}")
+        if calibration not in CALIBRATIONS and not hasattr(calibration, "apply"):
+            raise ValueError(f"calibration must be one of {CALIBRATIONS} or a Calibration, not {calibration!r}")
+        n_pix = np.size(emulator.wave_)
+        factor = getattr(emulator, "error_factor_", None)
+        has_factor = factor is not None and np.shape(factor)[1] > 0
+        kind = ("correlated" if has_factor else "cv") if model_error == "auto" else model_error
+        if kind == "correlated" and not has_factor:
+            raise ValueError("model_error='correlated' needs an emulator trained with cross-validation and "
+                             "error_rank > 0 (this one has no correlated model error: it was trained "
+                             "without CV or by an older slambayes); retrain it, or use model_error='cv'")
+        if hasattr(emulator, "model_error_sigma"):          # emulators that define their own σ (tests, toys)
+            sigma = np.asarray(emulator.model_error_sigma(kind), float)
+        else:
+            sigma = model_sigma(emulator, kind)
+        F = np.asarray(factor, float) if kind == "correlated" else np.zeros((n_pix, 0))
+        calib = getattr(emulator, "calibration_", None) if calibration == "auto" else \
+            (None if calibration == "none" else calibration)
+        if calib is not None and calib.stats.get("model_error", kind) != kind:
+            if calibration != "auto":
+                raise ValueError(f"the calibration was learned for model_error="
+                                 f"{calib.stats['model_error']!r}, not {kind!r}")
+            calib = None              # learned for another likelihood: formal errors only
+        return cls(kind, sigma, F, calib)
+
+    def for_fold(self, factor):
+        """The same noise model for a CV fold's emulator, whose correlated part (if any) is
+        `factor` (learned without that fold), uncalibrated."""
+        return NoiseModel(self.kind, self.sigma_model, factor if self.rank else self.factor)
+
+    # ---------------------------------------------------------------- per star
+    def star(self, ivar):
+        """`StarNoise` of one spectrum with inverse variance `ivar` (n_pix,)."""
+        ivar = np.asarray(ivar, float)
+        good = ivar > 0
+        w = pixel_weights(ivar, self.sigma_model)
+        d = np.where(good, 1.0 / np.where(good, w, 1.0), 1.0)
+        F = self.factor[good]
+        d_good = d[good] - (F**2).sum(1)                 # the correlated part moves to F Fᵀ
+        isd = np.zeros(ivar.size)
+        isd[good] = 1.0 / np.sqrt(d_good)
+        logdet = float(np.log(d_good).sum())
+        m = F.shape[1]
+        Q, c = np.zeros((ivar.size, m)), np.zeros(m)
+        if m:
+            q, s, _ = np.linalg.svd(F * isd[good][:, None], full_matrices=False)
+            r = q.shape[1]                   # < m when fewer good pixels than components: pad with zeros
+            Q[np.ix_(good, np.arange(r))], c[:r] = q, 1.0 - 1.0 / np.sqrt(1.0 + s**2)
+            logdet += float(np.log1p(s**2).sum())
+        norm = -0.5 * (good.sum() * np.log(2 * np.pi) + logdet)
+        return StarNoise(isd, Q, c, norm, w, np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0))
+
+    # --------------------------------------------------------------- reporting
+    @property
+    def rank(self):
+        return int(self.factor.shape[1])
+
+    @property
+    def calibrated(self):
+        return self.calibration is not None
+
+    def calibration_map(self, cov, cov_model, theta_std, quality):
+        """A (m, k, k) that takes formal label deviations to calibrated ones: A Σ Aᵀ is the
+        calibrated covariance. cov, cov_model : (m, k, k) formal covariance and its model-error
+        share (`StarNoise.model_part`), physical units; quality (m, 2): each fit's χ²_ν and
+        `StarNoise.model_share`. Identity without a calibration."""
+        cov = np.asarray(cov, float)
+        m, k = cov.shape[0], cov.shape[-1]
+        if self.calibration is None:
+            return np.broadcast_to(np.eye(k), (m, k, k)).copy()
+        target = self.calibration.apply(cov, cov_model, theta_std, quality)
+        A = np.full((m, k, k), np.nan)
+        for i in range(m):
+            try:
+                A[i] = np.linalg.cholesky(target[i]) @ np.linalg.inv(np.linalg.cholesky(cov[i]))
+            except np.linalg.LinAlgError:
+                pass                          # a failed or singular fit: NaN, like its labels
+        return A
+
+    def calibrate(self, cov, cov_model, theta_std, quality):
+        """Calibrated covariances (m, n, n) from formal ones, physical units: the first k of
+        the n parameters are the emulator's labels (cov_model (m, k, k), theta_std (m, k));
+        nuisance parameters keep their formal errors and their correlations are carried
+        along. Unchanged without a calibration."""
+        cov = np.array(cov, float)
+        if self.calibration is None:
+            return cov
+        k = np.shape(theta_std)[-1]
+        A = np.broadcast_to(np.eye(cov.shape[-1]), cov.shape).copy()
+        A[:, :k, :k] = self.calibration_map(cov[:, :k, :k], cov_model, theta_std, quality)
+        return A @ cov @ np.swapaxes(A, -1, -2)
+
+    @property
+    def tag(self):
+        """A short string that identifies the density (stored with every result)."""
+        return f"{self.kind}" + (f"(m={self.rank})" if self.rank else "") + \
+            ("+calibrated" if self.calibrated else "")
+
+    def describe(self):
+        """JSON text for catalog headers and InferenceData attributes."""
+        out = dict(model_error=self.kind, rank=self.rank, calibrated=self.calibrated)
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.describe()
+        return json.dumps(out)

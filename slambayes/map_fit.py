@@ -1,62 +1,39 @@
-"""Survey-wide MAP fitting: Levenberg–Marquardt-type least squares on Eq. 8.
+"""Survey-wide MAP fitting: the single-star core (`slambayes.map_core`) over chunks.
 
-`fit_map` returns (and optionally writes, resumably) an astropy Table with one
-row per spectrum: labels, errors and covariance from (JᵀJ)⁻¹, fit statistics
-and flags.
-
-With `loss="soft_l1"` or `"cauchy"` the pixel residuals (in units of the total
-σ of Eq. 8) pass through scipy's robust loss, so that a few pixels the emulator
-or the data get badly wrong (cosmic rays, sky lines, telluric residuals, lines
-the training set never showed) cannot drag the labels. The prior residuals stay
-quadratic. The covariance is then (Jᵀ W J)⁻¹, W = ρ'(r²/f²) — each pixel's σ
-inflated as iteratively reweighted least squares would — and `n_downweighted`
-counts the pixels with weight < ½. With the correlated model error the loss
-acts on the whitened residuals, which mix pixels along the error's principal
-components, so a single bad pixel is caught less sharply than with
-model_error="cv". A spectrum that cannot be fit gets a flagged row with NaN labels;
-the batch never stops.
+`fit_map` resolves the noise model and the label space once, then fits every
+spectrum with `fit_star` in chunks (joblib locally, dask with a client),
+writing each chunk as it finishes (see `slambayes.catalog`) so that a re-run
+resumes. It returns an astropy Table with one row per spectrum: labels, their
+calibrated errors and covariance (and the formal ones beside them), fit
+statistics and flags. A spectrum that cannot be fit gets a flagged row with
+NaN labels; the batch never stops.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import astropy.units as u
 import numpy as np
 from astropy.table import Table
-from scipy.optimize import least_squares
 
 from .catalog import run_chunked
-from .likelihood import pixel_weights
-from .model_covariance import Whitener
-from .model_file import DEFAULT_UNITS
+from .label_space import LabelSpace
+from .likelihood import NoiseModel
+from .fit_checks import CHECK_FLAGS
+from .map_core import FLAGS as SOLVER_FLAGS
+from .map_core import MapOptions, fit_star, gaussian_prior_terms, start_indices
 
-__all__ = ["fit_map", "fit_chunk", "MapSettings", "FLAGS", "check_grid"]
+# every bit of the catalog's `flag` column: the solver's and the fit checks'
+FLAGS = dict(sorted({**SOLVER_FLAGS, **CHECK_FLAGS}.items(), key=lambda kv: kv[1]))
 
-# bit flags of the `flag` column
-FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8}
-
-
-@dataclass(frozen=True)
-class MapSettings:
-    """Fit options (see `fit_map`)."""
-
-    model_error: str = "cv"
-    n_starts: int = 1
-    bounds_pad: float = 0.0
-    method: str = "trf"
-    max_nfev: int = 100
-    edge_tol: float = 1e-3
-    jac: str = "analytic"     # or "2-point": finite differences, for benchmarks only
-    prior_terms: tuple = ()   # ((label index array, mean, inverse Cholesky factor), ...)
-    loss: str = "linear"      # on the pixel residuals only; see `pixel_loss`
-    f_scale: float = 1.0      # residual (in total σ) where a robust loss turns over
+__all__ = ["fit_map", "fit_chunk", "FLAGS", "check_grid", "training_models"]
 
 
 def check_grid(emulator, spectra):
-    """Raise a clear error if the spectra are not on the emulator's grid."""
+    """Raise a clear error if the spectra are not on the emulator's wavelength grid."""
     w = emulator.wave_
     if spectra.wave.shape != w.shape or not np.allclose(spectra.wave, w, rtol=0, atol=1e-6):
         raise ValueError(
@@ -66,194 +43,62 @@ def check_grid(emulator, spectra):
             f"slambayes.preprocess.resample(spectra, emulator.wave_)")
 
 
-def _gaussian_terms(prior, label_names):
-    """Gaussian priors become extra residuals L⁻¹(θ − μ); anything else is refused here."""
-    if prior is None:
-        return ()
-    terms = prior.gaussian_terms() if hasattr(prior, "gaussian_terms") else None
-    if terms is None:
-        raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
-                        f"is not Gaussian: use slambayes.fit_map_posterior (jax optimizer) instead")
-    out = []
-    for names, mean, cov in terms:
-        missing = [n for n in names if n not in label_names]
-        if missing:
-            raise KeyError(f"prior names label(s) {missing} that the emulator does not have "
-                           f"(it has {label_names})")
-        idx = np.array([label_names.index(n) for n in names])
-        L_inv = np.linalg.inv(np.linalg.cholesky(np.atleast_2d(cov)))
-        out.append((idx, np.atleast_1d(np.asarray(mean, float)), L_inv))
-    return tuple(out)
+def training_models(emulator):
+    """(labels (n_train, k), model spectra (n_train, n_pix)) of the training set: the start candidates."""
+    labels = emulator.from_std(emulator.X_train_)
+    return labels, emulator.predict(labels)
 
 
-# ρ(z), ρ'(z), ρ''(z) of scipy's losses, z = (r / f_scale)²
-_LOSSES = {
-    "linear": lambda z: (z, np.ones_like(z), np.zeros_like(z)),
-    "soft_l1": lambda z: (2 * (np.sqrt(1 + z) - 1), (1 + z) ** -0.5, -0.5 * (1 + z) ** -1.5),
-    "cauchy": lambda z: (np.log1p(z), 1 / (1 + z), -1 / (1 + z) ** 2),
-}
+def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_terms=(), checks=None):
+    """Fit a chunk of spectra (arrays (n, n_pix)) → Table (see `fit_map`).
 
-
-def pixel_loss(kind, n_pix):
-    """A scipy `least_squares` loss: `kind` on the first n_pix residuals, quadratic on the
-    rest (the prior's), as the (3, m) array of ρ, ρ', ρ'' that scipy expects."""
-    rho = _LOSSES[kind]
-
-    def loss(z):
-        out = np.vstack(_LOSSES["linear"](z))
-        out[:, :n_pix] = np.vstack(rho(z[:n_pix]))
-        return out
-    return loss
-
-
-class _Problem:
-    """Residuals and Jacobian of one spectrum in standardized label space,
-    evaluated together and cached (least_squares asks for both at one θ).
-
-    weights : (n_pix,) Eq. 8's 1/(σ²_obs + σ²_model); factor : (n_pix, m) or None, the
-    correlated part of σ²_model (then residuals are whitened with the full covariance).
+    starts : (train_labels (n_train, k), train_models (n_train, n_pix)), the start candidates.
+    checks : `slambayes.fit_checks.FitChecks` or None (then only the solver's flags).
     """
-
-    def __init__(self, emulator, flux, weights, settings, factor=None):
-        self.exp = emulator.expansion
-        self.good = weights > 0
-        var = 1.0 / weights[self.good]
-        if factor is not None:
-            F = factor[self.good]
-            var = var - (F**2).sum(1)        # the correlated part moves from the diagonal to F Fᵀ
-        self.white = Whitener(var, None if factor is None else F)
-        self.fm = emulator.flux_mean_[self.good]
-        self.fs = emulator.flux_std_[self.good]
-        self.flux = flux[self.good]
-        self.mu, self.sd = emulator.label_mean_, emulator.label_std_
-        self.terms = settings.prior_terms
-        self._theta = None
-
-    def _eval(self, theta):
-        if self._theta is None or not np.array_equal(theta, self._theta):
-            f, J = self.exp.predict_and_jacobian(theta[None])
-            model = self.fm + self.fs * f[0][self.good]
-            self._resid = self.flux - model
-            rs, js = [self.white(self._resid)], [self.white(-self.fs[:, None] * J[0][self.good])]
-            for idx, mean, L_inv in self.terms:
-                phys = theta[idx] * self.sd[idx] + self.mu[idx]
-                rs.append(L_inv @ (phys - mean))
-                jp = np.zeros((len(idx), theta.size))
-                jp[:, idx] = L_inv * self.sd[idx][None, :]
-                js.append(jp)
-            self._theta, self._r, self._J = theta.copy(), np.concatenate(rs), np.vstack(js)
-        return self._r, self._J
-
-    def residuals(self, theta):
-        return self._eval(theta)[0]
-
-    def jacobian(self, theta):
-        return self._eval(theta)[1]
-
-
-def _initial_guesses(train_models, flux, weights, n_starts):
-    """Indices (n_spec, n_starts) of the training labels whose model spectra have the
-    highest likelihood (lowest weighted χ²) for each spectrum."""
-    wf = weights * flux
-    chi2 = (wf * flux).sum(1)[:, None] - 2 * wf @ train_models.T + weights @ (train_models**2).T
-    return np.argsort(chi2, axis=1)[:, :n_starts]
-
-
-def _nan_row(k):
-    return dict(theta=np.full(k, np.nan), cov=np.full((k, k), np.nan), chi2=np.nan,
-                rchi2=np.nan, rms=np.nan, nfev=0, converged=False, flag=0, status="", n_down=0)
-
-
-def _fit_one(emulator, flux, weights, starts_std, lo, hi, settings, factor=None):
-    k = len(emulator.label_names_)
-    row = _nan_row(k)
-    n_good = int((weights > 0).sum())
-    if n_good <= k:
-        row.update(flag=FLAGS["no_data"], status=f"only {n_good} good pixel(s) for {k} labels")
-        return row
-    prob = _Problem(emulator, flux, weights, settings, factor)
-    best = None
-    jac = prob.jacobian if settings.jac == "analytic" else settings.jac
-    kw = dict(jac=jac, x_scale="jac", max_nfev=settings.max_nfev)
-    if settings.loss != "linear":
-        kw.update(loss=pixel_loss(settings.loss, prob.flux.size), f_scale=settings.f_scale)
-    for x0 in starts_std:
-        x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
-        if settings.method == "lm":
-            res = least_squares(prob.residuals, x0, method="lm", **kw)
-        else:
-            res = least_squares(prob.residuals, x0, method=settings.method, bounds=(lo, hi), **kw)
-        if best is None or res.cost < best.cost:
-            best = res
-    theta = best.x
-    r, J = prob._eval(theta)
-    n_pix_res = prob.flux.size
-    sd = emulator.label_std_
-    w = np.ones(r.size)
-    w[:n_pix_res] = _LOSSES[settings.loss]((r[:n_pix_res] / settings.f_scale) ** 2)[1]
-    F = J.T @ (w[:, None] * J)
-    try:
-        cov_std = np.linalg.inv(F)
-    except np.linalg.LinAlgError:
-        cov_std = np.linalg.pinv(F)
-    chi2 = float(r[:n_pix_res] @ r[:n_pix_res])
-    resid = prob._resid                      # un-whitened: flux − model on the good pixels
-    at_edge = bool(np.any(theta <= lo + settings.edge_tol) or np.any(theta >= hi - settings.edge_tol))
-    flag = (0 if best.success else FLAGS["not_converged"]) | (FLAGS["at_edge"] if at_edge else 0)
-    status = best.message + (" | at the edge of the training label range" if at_edge else "")
-    row.update(theta=theta * sd + emulator.label_mean_, cov=cov_std * np.outer(sd, sd),
-               chi2=chi2, rchi2=chi2 / max(n_good - k, 1), rms=float(np.sqrt(np.mean(resid**2))),
-               nfev=int(best.nfev), converged=bool(best.success), flag=flag, status=status,
-               n_down=int((w[:n_pix_res] < 0.5).sum()))
-    return row
-
-
-def fit_chunk(emulator, flux, ivar, ids, train_models, settings):
-    """Fit a chunk of spectra (arrays (n, n_pix)) → Table (see `fit_map`)."""
-    names = emulator.label_names_
+    names = list(space.label_names)
     k = len(names)
-    sigma_model = emulator.model_error(settings.model_error)
-    weights = pixel_weights(ivar, sigma_model)
-    factor = emulator.error_factor_ if settings.model_error == "correlated" else None
-    X = emulator.X_train_
-    lo = X.min(0) - settings.bounds_pad * (X.max(0) - X.min(0))
-    hi = X.max(0) + settings.bounds_pad * (X.max(0) - X.min(0))
-    idx0 = _initial_guesses(train_models, flux, weights, settings.n_starts)
-    rows = []
-    for i in range(flux.shape[0]):
-        try:
-            row = _fit_one(emulator, flux[i], weights[i], X[idx0[i]], lo, hi, settings, factor)
-        except Exception as exc:  # one bad spectrum must not stop the batch
-            row = _nan_row(k)
-            row.update(flag=FLAGS["error"], status=f"{type(exc).__name__}: {exc}")
-        row["init"] = X[idx0[i, 0]] * emulator.label_std_ + emulator.label_mean_
-        rows.append(row)
+    stars = [noise.star(iv) for iv in ivar]
+    weights = np.array([s.weights for s in stars])
+    idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), weights, options.n_starts)
+    fits = [fit_star(emulator, flux[i], stars[i], space, starts[0][idx0[i]], options, prior_terms)
+            for i in range(flux.shape[0])]
+    values = np.array([f.values for f in fits]).reshape(-1, k)
+    cov_formal = np.array([f.cov for f in fits]).reshape(-1, k, k)
+    rchi2 = np.array([f.rchi2 for f in fits])
+    cov_model = np.array([f.cov_model for f in fits]).reshape(-1, k, k)
+    share = np.array([f.share for f in fits])
+    quality = np.column_stack([rchi2, share])
+    cov = noise.calibrate(cov_formal, cov_model, space.to_std(values), quality)
+    flags = np.array([f.flag for f in fits], dtype=np.int16)
+    if checks is not None:
+        flags |= checks.flags(space.to_std(values), quality, [f.norm_ratio for f in fits])
     good = ivar > 0
     with np.errstate(invalid="ignore"):
         snr = np.array([np.median(np.abs(f[g]) * np.sqrt(iv[g])) if g.any() else 0.0
                         for f, iv, g in zip(flux, ivar, good)])
     t = Table()
     t["id"] = np.asarray(ids).astype(str)
-    theta = np.array([r["theta"] for r in rows]).reshape(-1, k)
-    cov = np.array([r["cov"] for r in rows]).reshape(-1, k, k)
-    units = [_fits_unit(DEFAULT_UNITS.get(n, "")) for n in names]
+    units = [_fits_unit(un) for un in space.units[:k]]
+    init = starts[0][idx0[:, 0]]
     for j, n in enumerate(names):
-        t[n] = theta[:, j]
+        t[n] = values[:, j]
         t[n + "_err"] = np.sqrt(cov[:, j, j])
-        for c in (n, n + "_err"):
-            t[c].unit, t[c].description = units[j], DEFAULT_UNITS.get(n, "")
+        t[n + "_err_formal"] = np.sqrt(cov_formal[:, j, j])
+        for c in (n, n + "_err", n + "_err_formal"):
+            t[c].unit, t[c].description = units[j], space.units[j]
     t["cov"] = cov
-    t["chi2"] = [r["chi2"] for r in rows]
-    t["rchi2"] = [r["rchi2"] for r in rows]
-    t["rms_resid"] = [r["rms"] for r in rows]
+    t["cov_formal"] = cov_formal
+    t["chi2"] = [f.chi2 for f in fits]
+    t["rchi2"] = rchi2
+    t["model_share"] = share
+    t["rms_resid"] = [f.rms for f in fits]
     t["n_good_pix"] = good.sum(1)
-    t["n_downweighted"] = [r["n_down"] for r in rows]
+    t["n_downweighted"] = [f.n_down for f in fits]
     t["snr"] = snr
-    t["nfev"] = [r["nfev"] for r in rows]
-    t["converged"] = [r["converged"] for r in rows]
-    t["flag"] = np.array([r["flag"] for r in rows], dtype=np.int16)
-    t["status"] = [r["status"][:120] for r in rows]
-    init = np.array([r["init"] for r in rows]).reshape(-1, k)
+    t["nfev"] = [f.nfev for f in fits]
+    t["converged"] = [f.converged for f in fits]
+    t["flag"] = flags
+    t["status"] = [f.status[:120] for f in fits]
     for j, n in enumerate(names):
         t["init_" + n] = init[:, j]
         t["init_" + n].unit = units[j]
@@ -271,13 +116,18 @@ def _fits_unit(name):
         return None
 
 
-def _fingerprint(emulator, spectra, settings, chunk_size):
+def _fingerprint(emulator, spectra, noise, space, options, prior_terms, chunk_size, checks):
     h = hashlib.sha256()
     h.update(emulator.training_hash_.encode())
     h.update(np.ascontiguousarray(spectra.flux).tobytes())
     h.update(np.ascontiguousarray(spectra.ivar).tobytes())
-    h.update(json.dumps(asdict(settings), default=str).encode())
+    h.update(noise.describe().encode())
+    h.update(json.dumps(space.describe()).encode())
+    h.update(json.dumps(asdict(options), default=str).encode())
+    for idx, mean, L_inv in prior_terms:
+        h.update(np.concatenate([idx, mean, L_inv.ravel()]).astype(float).tobytes())
     h.update(str(chunk_size).encode())
+    h.update(json.dumps(checks.describe() if checks is not None else None).encode())
     return h.hexdigest()[:32]
 
 
@@ -289,7 +139,7 @@ def _ids(spectra, id_column):
     return np.arange(spectra.n_star).astype(str)
 
 
-def fit_map(emulator, spectra, prior=None, model_error="auto", n_starts=1,
+def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto", n_starts=1,
             bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
             output=None, overwrite=False, progress=True, id_column=None, max_nfev=100,
             jac="analytic", loss="linear", f_scale=1.0):
@@ -300,65 +150,59 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", n_starts=1,
     emulator : fitted `Emulator`
     spectra : `Spectra` on the emulator's wavelength grid
     prior : Gaussian prior (`slambayes.priors.Gaussian`) or None; enters as residuals
-    model_error : "auto" | "correlated" | "cv" | "cv_minus_noise" | "none", see
-        `Emulator.model_error`. "correlated" adds the emulator's correlated model error
-        (`error_factor_`, see `slambayes.model_covariance`) to the "cv" σ of Eq. 8;
-        "cv" is Eq. 8 with independent pixels. "auto" (default) is "correlated" when the
-        emulator has the factor (trained with CV) and "cv" otherwise; the catalog's
-        meta MODELERR says which was used.
+    model_error : "auto" | "correlated" | "cv" | "cv_minus_noise" | "none", or a resolved
+        `slambayes.likelihood.NoiseModel` (see `NoiseModel.resolve`). "auto" (default) is the
+        correlated model error when the emulator has it, else Eq. 8 with independent pixels.
+    calibration : "auto" (the emulator's out-of-fold calibration, if it has one) or "none"
     n_starts : number of starting points (best-matching training stars)
     bounds_pad : fraction of the training label range added on each side of the bounds
-    method : "trf" (bounded, default) or "lm" (Levenberg–Marquardt, unbounded)
+    method : "trf" (bounded, default), "dogbox" or "lm" (Levenberg–Marquardt, unbounded)
     chunk_size : spectra per task (memory is bounded by it)
     n_jobs : joblib processes; client : dask.distributed Client (runs on its cluster)
     output : path (.fits, .ecsv, .parquet); rows are written as chunks finish and a
         re-run resumes (see `slambayes.catalog`)
     overwrite : discard an existing output of a different run
     jac : "analytic" (default) or "2-point" (finite differences; for benchmarks)
-    loss : "linear" (Eq. 8 exactly), "soft_l1" or "cauchy" (robust: pixels whose residual
-        exceeds `f_scale` total σ lose weight; see the module docstring)
+    loss : "linear" (the Gaussian likelihood exactly), "soft_l1" or "cauchy" (robust: pixels
+        whose residual exceeds `f_scale` total σ lose weight)
     f_scale : float > 0, in units of the total per-pixel σ
 
     Returns
     -------
     astropy Table, one row per spectrum in input order: `id`, one column per label
-    (physical units), `<label>_err`, `cov` (k, k), `chi2`, `rchi2`, `rms_resid`,
-    `n_good_pix`, `n_downweighted`, `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`,
-    `init_<label>`.
+    (physical units), `<label>_err` (calibrated), `<label>_err_formal`, `cov` (k, k,
+    calibrated), `cov_formal`, `chi2`, `rchi2`, `model_share` (the emulator's share of the pixel
+    variance), `rms_resid`, `n_good_pix`, `n_downweighted`,
+    `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`, `init_<label>`. The
+    meta (FITS header) holds the noise model (MODELERR, NOISETAG, CALIB, NOISE), the flag bits
+    (FLAGS: 1 no data, 2 not converged, 4 at the edge of the training range, 8 error,
+    16 poor fit, 32 out of the training distribution, 64 not normalized, 128 the solver did not
+    move from its start) and the limits of the fit checks (CHECKS, see `slambayes.fit_checks`).
     """
     from joblib import delayed
 
     check_grid(emulator, spectra)
-    has_factor = getattr(emulator, "error_factor_", np.zeros((0, 0))).shape[1] > 0
-    if model_error == "auto":
-        model_error = "correlated" if has_factor else "cv"
-    emulator.model_error(model_error)        # a clear ValueError for an unknown kind, before any work
-    if method not in ("trf", "lm", "dogbox"):
-        raise ValueError(f"method must be 'trf', 'dogbox' or 'lm', not {method!r}")
-    if loss not in _LOSSES:
-        raise ValueError(f"loss must be one of {sorted(_LOSSES)}, not {loss!r}")
-    if loss != "linear" and method == "lm":
-        raise ValueError("scipy's method='lm' supports only loss='linear'; use method='trf'")
-    if model_error == "correlated" and not has_factor:
-        raise ValueError("model_error='correlated' needs an emulator trained with cross-validation and "
-                         "error_rank > 0 (this one has no correlated model error: it was trained "
-                         "without CV or by an older slambayes); retrain it, or use model_error='cv'")
-    if not (np.isfinite(f_scale) and f_scale > 0):
-        raise ValueError(f"f_scale must be a positive number of σ, not {f_scale!r}")
-    settings = MapSettings(model_error=model_error, n_starts=int(n_starts), bounds_pad=float(bounds_pad),
-                           method=method, max_nfev=int(max_nfev), jac=jac,
-                           prior_terms=_gaussian_terms(prior, emulator.label_names_),
-                           loss=loss, f_scale=float(f_scale))
-    train_models = emulator.predict(emulator.from_std(emulator.X_train_))
+    noise = NoiseModel.resolve(emulator, model_error, calibration)
+    space = LabelSpace.from_emulator(emulator, bounds_pad)
+    options = MapOptions(n_starts=int(n_starts), method=method, max_nfev=int(max_nfev), jac=jac,
+                         loss=loss, f_scale=float(f_scale))
+    prior_terms = gaussian_prior_terms(prior, space)
+    if prior_terms is None:
+        raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
+                        f"is not Gaussian: use slambayes.fit_map_posterior (jax optimizer) instead")
+    starts = training_models(emulator)
+    checks = getattr(emulator, "checks_", None)
     ids = _ids(spectra, id_column)
     tasks = [delayed(fit_chunk)(emulator, spectra.flux[s:s + chunk_size], spectra.ivar[s:s + chunk_size],
-                                ids[s:s + chunk_size], train_models, settings)
+                                ids[s:s + chunk_size], starts, noise, space, options, prior_terms, checks)
              for s in range(0, spectra.n_star, chunk_size)]
-    meta = dict(LABELS=",".join(emulator.label_names_), MODELSHA=emulator.training_hash_[:32],
-                MODELERR=model_error, METHOD=method, LOSS=loss, FSCALE=float(f_scale),
-                FLAGS=json.dumps(FLAGS))
+    meta = dict(LABELS=",".join(space.label_names), MODELSHA=emulator.training_hash_[:32],
+                MODELERR=noise.kind, ERRRANK=noise.rank, NOISETAG=noise.tag, CALIB="out-of-fold" if noise.calibrated else "none",
+                NOISE=noise.describe(), METHOD=method, LOSS=loss, FSCALE=float(f_scale),
+                FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
+    fingerprint = _fingerprint(emulator, spectra, noise, space, options, prior_terms, chunk_size, checks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return run_chunked(tasks, output=output, fingerprint=_fingerprint(emulator, spectra, settings, chunk_size),
-                           meta=meta, n_jobs=n_jobs, backend="dask" if client is not None else None,
-                           progress=progress, overwrite=overwrite)
+        return run_chunked(tasks, output=output, fingerprint=fingerprint, meta=meta, n_jobs=n_jobs,
+                           backend="dask" if client is not None else None, progress=progress,
+                           overwrite=overwrite)

@@ -1,5 +1,4 @@
-"""Correlated model error: a low-rank factor learned from out-of-fold CV residuals,
-and the whitening of one spectrum's residuals with it.
+"""Correlated model error: a low-rank factor learned from out-of-fold CV residuals.
 
 Eq. 8 treats the emulator's error as independent from pixel to pixel. It is
 not: a star the training set covers poorly is mispredicted in many lines at
@@ -13,13 +12,13 @@ with L (n_pix, m) the leading principal components of the out-of-fold
 residuals of the training stars (the same residuals the CV MSE averages), so
 each pixel keeps exactly its Eq. 8 variance and only the correlations are
 added. For one spectrum, Σ = diag(σ²_obs + ψ) + L Lᵀ is applied through the
-Woodbury identity, O(n_pix m²).
+Woodbury identity, O(n_pix m²), by `slambayes.likelihood.StarNoise`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["error_factor", "Whitener"]
+__all__ = ["error_factor"]
 
 
 def error_factor(resid, good, rank):
@@ -43,31 +42,3 @@ def error_factor(resid, good, rank):
         return np.zeros((z.shape[1], 0))
     _, s, vt = np.linalg.svd(z, full_matrices=False)
     return vt[:m].T * s[:m]
-
-
-class Whitener:
-    """x ↦ Σ^(−1/2) x for Σ = diag(d) + F Fᵀ, on one spectrum's good pixels.
-
-    d : (n,) positive variances; F : (n, m) or None (then Σ is diagonal).
-    `w(x)` takes x of shape (n,) or (n, k) and returns the same shape, with
-    ‖w(x)‖² = xᵀ Σ⁻¹ x. `logdet` is ln det Σ.
-    """
-
-    def __init__(self, d, F=None):
-        d = np.asarray(d, float)
-        self.isd = 1.0 / np.sqrt(d)
-        self.logdet = float(np.log(d).sum())
-        self.Q = None
-        if F is not None and F.shape[1] > 0:
-            # Σ = D^½ (I + V Vᵀ) D^½ with V = D^(−½) F = Q S Pᵀ, so Σ^(−½) = (I − Q c Qᵀ) D^(−½)
-            q, s, _ = np.linalg.svd(F * self.isd[:, None], full_matrices=False)
-            self.Q, self.c = q, 1.0 - 1.0 / np.sqrt(1.0 + s**2)
-            self.logdet += float(np.log1p(s**2).sum())
-
-    def __call__(self, x):
-        x = np.asarray(x, float)
-        xw = x * (self.isd if x.ndim == 1 else self.isd[:, None])
-        if self.Q is None:
-            return xw
-        proj = self.Q.T @ xw
-        return xw - self.Q @ (self.c * proj if x.ndim == 1 else self.c[:, None] * proj)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .label_space import DEFAULT_UNITS
+
 __all__ = ["SCHEMA", "ModelFileError", "save_emulator", "load_emulator"]
 
 SCHEMA = "slambayes.emulator/1"
@@ -23,8 +25,6 @@ ARRAYS = ("wave_", "label_mean_", "label_std_", "label_min_", "label_max_", "flu
 # optional members (newer files); a file without them loads with no correlated model error
 OPTIONAL_ARRAYS = ("error_factor_",)
 PARAMS = ("C", "gamma", "epsilon", "cv", "random_state", "error_rank")
-DEFAULT_UNITS = {"teff": "K", "logg": "dex", "feh": "dex", "m_h": "dex", "mgfe": "dex",
-                 "alpha_m": "dex", "vmacro": "km/s"}
 
 
 class ModelFileError(ValueError):
@@ -53,14 +53,19 @@ def save_emulator(em, path):
         params={k: (list(np.atleast_1d(getattr(em, k)).astype(float))
                     if k in ("C", "gamma") else getattr(em, k)) for k in PARAMS},
         training_hash=em.training_hash_,
+        calibration=em.calibration_.stats if getattr(em, "calibration_", None) is not None else None,
         versions=_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    arrays = {k: np.asarray(getattr(em, k)) for k in ARRAYS + OPTIONAL_ARRAYS if hasattr(em, k)}
+    if getattr(em, "calibration_", None) is not None:
+        arrays.update(em.calibration_.to_arrays())
+    if getattr(em, "checks_", None) is not None:
+        arrays.update(em.checks_.to_arrays())
     with open(tmp, "wb") as fh:
-        np.savez(fh, header=np.array(json.dumps(header)),
-                 **{k: np.asarray(getattr(em, k)) for k in ARRAYS + OPTIONAL_ARRAYS if hasattr(em, k)})
+        np.savez(fh, header=np.array(json.dumps(header)), **arrays)
     tmp.replace(path)   # never leave a half-written model behind
 
 
@@ -83,6 +88,8 @@ def load_emulator(cls, path):
             arrays = {k: d[k] for k in ARRAYS}
             n_pix = arrays["wave_"].size
             arrays["error_factor_"] = d["error_factor_"] if "error_factor_" in d.files else np.zeros((n_pix, 0))
+            calib = (d["calib_params_"], d["calib_rho_"], d["calib_X_ref_"]) if "calib_params_" in d.files else None
+            checks = d["checks_limits_"] if "checks_limits_" in d.files else None
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
@@ -96,5 +103,12 @@ def load_emulator(cls, path):
     em.label_units_ = list(header["label_units"])
     em.training_hash_ = header["training_hash"]
     em.file_header_ = header
+    em.calibration_ = em.checks_ = None
+    if calib is not None:
+        from .calibration import Calibration
+        em.calibration_ = Calibration.from_arrays(*calib, stats=header.get("calibration") or {})
+    if checks is not None:
+        from .fit_checks import FitChecks
+        em.checks_ = FitChecks.from_arrays(checks, em.X_train_)
     em._expansion = None
     return em

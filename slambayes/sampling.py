@@ -5,14 +5,21 @@ Eq. 8 + prior, in numpyro's unconstrained space of the support box) and start
 at the MAP. The InferenceData holds:
 
 - ``posterior``: one variable per label and nuisance parameter, physical units,
-  dims (chain, draw); for emcee each walker is a chain;
+  dims (chain, draw); for emcee each walker is a chain. With a calibrated noise
+  model the label draws carry the catalog's calibration (`NoiseModel.calibrate`:
+  scaled about the MAP by the same factors s_j, plus the label floor c_j), so
+  their widths match the catalog's `<label>_err`; the sampled (formal) draws are
+  in ``posterior_formal``;
 - ``sample_stats``: ``lp`` (log posterior), and for NUTS ``diverging``,
   ``n_steps``, ``acceptance_rate``, ``energy``, ``step_size``;
-- ``log_likelihood``: ``spectrum`` = Eq. 8 summed over pixels, (chain, draw);
+- ``log_likelihood``: ``spectrum`` = the noise model's log likelihood, (chain, draw);
 - ``observed_data``: ``flux`` (wave); ``constant_data``: ``ivar``,
   ``sigma_model``, ``model_map``, ``model_median`` (wave);
-- ``posterior.attrs``: the MAP (``map_names``, ``map_values``, ``map_cov``
-  flattened, ``map_method``) and the run settings.
+- ``posterior.attrs``: the MAP (``map_names``, ``map_values``, ``map_cov`` and
+  ``map_cov_formal`` flattened, ``map_rchi2``, ``map_method``), the noise model
+  (``noise``, ``noise_model``), the support box (``support_low``/``support_high``)
+  and the fraction of draws within 1 % of its edges (``edge_fraction``; `sample`
+  warns above 5 %), and the run settings.
 
 Write it with ``idata.to_netcdf("star.nc")``; `slambayes diagnose star.nc` reads it.
 """
@@ -27,12 +34,15 @@ from .posterior import Posterior
 __all__ = ["sample", "run_nuts", "run_emcee", "to_inference_data", "map_from_idata"]
 
 SAMPLERS = ("nuts", "emcee")
+N_DATA = 5              # (flux, isd, Q, c2, norm): `Posterior.data`
+EDGE_TOL = 0.01         # draws within this fraction of the support box count as "at the edge"
+EDGE_WARN = 0.05        # warn when more than this fraction of a parameter's draws is at the edge
 
 
 def _initial_points(post, map_row, n, rng, spread=0.1):
     """n starting points in standardized units: the MAP plus `spread` × its Laplace σ."""
     theta = post.to_std(map_row["values"])
-    cov = np.asarray(map_row["cov"], float) / np.outer(post.scale, post.scale)
+    cov = post.space.cov_to_std(np.asarray(map_row.get("cov_formal", map_row["cov"]), float))
     sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1e-3)
     pts = theta + spread * sd * rng.standard_normal((n, theta.size))
@@ -51,13 +61,12 @@ def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass)
     from numpyro.infer.hmc import hmc
     from numpyro.infer.util import potential_energy
 
-    def potential_fn_gen(flux, weights, norm):
-        return lambda u: potential_energy(post.model, (flux, weights, norm), {}, {"theta": u})
+    def potential_fn_gen(*data):
+        return lambda u: potential_energy(post.model, data, {}, {"theta": u})
 
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
 
-    def chain(key, u0, flux, weights, norm):
-        args = (flux, weights, norm)
+    def chain(key, u0, *args):
         state = init_kernel(u0, num_warmup, dense_mass=dense_mass, target_accept_prob=target_accept_prob,
                             model_args=args, rng_key=key)
 
@@ -69,7 +78,7 @@ def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass)
         _, trace = lax.scan(step, state, None, length=num_warmup + num_samples)
         return jax.tree.map(lambda x: x[num_warmup:], trace)
 
-    return jax.jit(chain), jax.jit(jax.vmap(chain, in_axes=(0, 0, None, None, None)))
+    return jax.jit(chain), jax.jit(jax.vmap(chain, in_axes=(0, 0) + (None,) * N_DATA))
 
 
 def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
@@ -117,9 +126,9 @@ def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walker
     from numpyro.infer.util import potential_energy
 
     def make():
-        def one(u, flux, w, norm):
-            return -potential_energy(post.model, (flux, w, norm), {}, {"theta": u})
-        return jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+        def one(u, *d):
+            return -potential_energy(post.model, d, {}, {"theta": u})
+        return jax.jit(jax.vmap(one, in_axes=(0,) + (None,) * N_DATA))
     logp = post._jitted("emcee", make)
     args = tuple(jnp.asarray(a) for a in data)
 
@@ -142,67 +151,99 @@ def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walker
 
 
 def map_from_idata(idata):
-    """The MAP stored by `sample`: dict(names, values, cov, method)."""
+    """The MAP stored by `sample`: dict(names, values, cov (calibrated), cov_formal, method, noise)."""
     a = idata.posterior.attrs
     names = tuple(str(a["map_names"]).split(","))
     k = len(names)
-    return dict(names=names, values=np.asarray(a["map_values"], float),
-                cov=np.asarray(a["map_cov"], float).reshape(k, k), method=str(a["map_method"]))
+    cov = np.asarray(a["map_cov"], float).reshape(k, k)
+    return dict(names=names, values=np.asarray(a["map_values"], float), cov=cov,
+                cov_formal=np.asarray(a.get("map_cov_formal", a["map_cov"]), float).reshape(k, k),
+                method=str(a["map_method"]), noise=str(a.get("noise", "")))
 
 
-def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
+def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None, seed=0):
     """Build the InferenceData (see module docstring) from standardized draws;
     `ivar` (n_pix,) is the observed inverse variance."""
+    import warnings
+
     import arviz as az
     import jax
 
-    flux, w, norm = data
-    params = post.from_std(theta)                                     # (chain, draw, n_par)
+    flux = data[0]
+    formal = post.from_std(theta)                                     # (chain, draw, n_par)
     ll_fn = post._jitted("loglike_batch", lambda: jax.jit(jax.vmap(post.log_likelihood,
-                                                                  in_axes=(0, None, None, None))))
-    flat = params.reshape(-1, params.shape[-1])
+                                                                  in_axes=(0,) + (None,) * N_DATA)))
+    flat = formal.reshape(-1, formal.shape[-1])
     batch = 256                        # bounds memory: batch × n_pix × n_train per evaluation
-    ll = np.concatenate([np.asarray(ll_fn(flat[i:i + batch], flux, w, norm), float)
-                         for i in range(0, len(flat), batch)]).reshape(params.shape[:2])
+    ll = np.concatenate([np.asarray(ll_fn(flat[i:i + batch], *data), float)
+                         for i in range(0, len(flat), batch)]).reshape(formal.shape[:2])
+    k = post.n_labels
+    values = np.asarray(map_row["values"], float)
+    params = formal.copy()
+    calib = post.noise.calibration
+    if calib is not None:
+        # the catalog's calibration as a linear map about the MAP: it takes the formal Laplace
+        # covariance to the calibrated one, and the draws with it (keeping their shape)
+        cov_f = np.asarray(map_row["cov_formal"], float)[None, :k, :k]
+        A = post.noise.calibration_map(cov_f, np.asarray(map_row["cov_model"], float)[None],
+                                       post.to_std(values[:k])[None], np.asarray(map_row["quality"])[None])[0]
+        params[..., :k] = values[:k] + (formal[..., :k] - values[:k]) @ A.T
+    edge = post.space.edge_fraction(formal, EDGE_TOL)
+    hits = [f"{n} {f:.0%}" for n, f in zip(post.names, edge) if f > EDGE_WARN]
+    if hits:
+        warnings.warn(f"posterior mass at the edge of the support (the training domain) for "
+                      f"{', '.join(hits)} of the draws: the labels may lie outside what the emulator "
+                      f"was trained on", UserWarning, stacklevel=3)
     predict = post._predict
-    median = np.median(params.reshape(-1, params.shape[-1]), 0)
+    median = np.median(flat, 0)
     wave = np.asarray(post.emulator.wave_, float)
-    idata = az.from_dict(
+    groups = dict(
         posterior={n: params[..., i] for i, n in enumerate(post.names)},
         sample_stats=stats,
         log_likelihood={"spectrum": ll},
         observed_data={"flux": np.asarray(flux, float)},
-        constant_data={"ivar": np.asarray(ivar, float), "sigma_model": post.sigma_model,
-                       "model_map": np.asarray(predict(np.asarray(map_row["values"])[:post.n_labels])),
-                       "model_median": np.asarray(predict(median[:post.n_labels]))},
+        constant_data={"ivar": np.asarray(ivar, float), "sigma_model": post.noise.sigma_model,
+                       "model_map": np.asarray(predict(values[:k])),
+                       "model_median": np.asarray(predict(median[:k]))},
         coords={"wave": wave},
         dims={"flux": ["wave"], "ivar": ["wave"], "sigma_model": ["wave"], "model_map": ["wave"],
               "model_median": ["wave"]},
     )
-    k = len(post.names)
+    idata = az.from_dict(**groups)
+    if calib is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)          # a non-standard group name
+            idata.add_groups(posterior_formal=az.from_dict(
+                posterior={n: formal[..., i] for i, n in enumerate(post.names)}).posterior)
+    n = len(post.names)
     idata.posterior.attrs.update(
-        map_names=",".join(post.names), map_values=np.asarray(map_row["values"], float),
-        map_cov=np.asarray(map_row["cov"], float).reshape(k * k), map_method=str(map_row.get("method", "")),
-        label_names=",".join(post.names[:post.n_labels]), model_error=post.model_error,
+        map_names=",".join(post.names), map_values=values,
+        map_cov=np.asarray(map_row["cov"], float).reshape(n * n),
+        map_cov_formal=np.asarray(map_row.get("cov_formal", map_row["cov"]), float).reshape(n * n),
+        map_rchi2=float(map_row.get("rchi2", np.nan)), map_method=str(map_row.get("method", "")),
+        label_names=",".join(post.names[:k]), model_error=post.noise.kind, noise=post.noise.tag,
+        noise_model=post.noise.describe(), calibrated=int(post.noise.calibrated),
+        support_low=post.low, support_high=post.high, edge_fraction=edge, edge_tol=EDGE_TOL,
         prior=repr(post.prior), model_training_hash=str(getattr(post.emulator, "training_hash_", "")),
         **(attrs or {}))
     return idata
 
 
 def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_samples=1000,
-           num_chains=4, seed=0, model_error="cv", chain_method="sequential", num_walkers=32, thin=1,
-           map_row=None, support_pad=0.0, target_accept_prob=0.8, progress=True):
+           num_chains=4, seed=0, model_error="auto", calibration="auto", chain_method="sequential",
+           num_walkers=32, thin=1, map_row=None, support_pad=0.0, target_accept_prob=0.8, progress=True):
     """Sample the posterior of one star's labels.
 
     Parameters
     ----------
     emulator : fitted `Emulator`, or a `slambayes.posterior.Posterior` (reused:
-        compiled once for many stars; `prior`, `model_error` then come from it)
+        compiled once for many stars; `prior`, `model_error`, `calibration` then come from it)
     spectrum : `Spectra` holding one star, on the emulator's wavelength grid
     prior : prior object (`slambayes.priors`), or None (flat on the training range)
     sampler : "nuts" (NumPyro) or "emcee"
     num_warmup, num_samples : per chain (NUTS) or per walker (emcee; warm-up discarded)
     num_chains : NUTS chains; `chain_method` "sequential" | "vectorized" (both CPU)
+    model_error, calibration : the noise model, as in `fit_map` (same defaults)
     num_walkers, thin : emcee ensemble size and thinning
     seed : random seed; same inputs and seed give the same draws
     map_row : dict(values, cov) of a known MAP; computed with `Posterior.find_map` if None
@@ -213,7 +254,8 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
-    post = emulator if isinstance(emulator, Posterior) else Posterior(emulator, prior, model_error, support_pad)
+    post = emulator if isinstance(emulator, Posterior) else \
+        Posterior(emulator, prior, model_error, calibration, support_pad)
     data = post.data(spectrum)
     if map_row is None:
         map_row = post.find_map(spectrum)
@@ -228,4 +270,4 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
         extra["acceptance_fraction"] = acc
     attrs = dict(sampler=sampler, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
                  sampling_time_s=time.perf_counter() - t0, **extra)
-    return to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs)
+    return to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs, seed)

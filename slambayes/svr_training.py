@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.model_selection import KFold
 from sklearn.svm import SVR
 
-__all__ = ["rbf_gram", "cv_pixel", "fit_pixel", "fit_pixel_block", "PIXEL_STATS"]
+__all__ = ["run_pixel_blocks", "rbf_gram", "cv_pixel", "fit_pixel", "fit_pixel_block", "fit_fold_block", "cv_folds", "PIXEL_STATS"]
 
 # per-pixel results of `fit_pixel_block`, in this order
 PIXEL_STATS = ("C", "gamma", "cv_mse", "cv_md", "train_mse", "intercept")
@@ -68,7 +68,7 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
     out-of-fold residuals of the chosen (C, γ) (zeros without CV or for masked stars).
     """
     n, p = Y.shape
-    folds = list(KFold(n_splits=cv, shuffle=True, random_state=seed).split(X)) if cv else []
+    folds = cv_folds(n, cv, seed) if cv else []
     grams = {g: rbf_gram(X, X, g) for g in gamma_grid} if cv else {}
     dual = np.zeros((p, n))
     oof = np.zeros((p, n))
@@ -93,3 +93,58 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
         r = svr.predict(X[good]) - y[good]
         stats[j] = (C, g, cv_mse, cv_md, float(r @ r) / r.size, float(svr.intercept_[0]))
     return dual, stats, oof
+
+
+def cv_folds(n, cv, seed):
+    """The (train, test) index arrays of the CV that chose (C, γ): shuffled k-fold, seeded."""
+    return list(KFold(n_splits=cv, shuffle=True, random_state=seed).split(np.zeros((n, 1))))
+
+
+def fit_fold_block(X, Y, G, C, gamma, epsilon, folds):
+    """The per-fold SVRs of a block of pixels at their chosen hyperparameters.
+
+    X : (n, k); Y, G : (n, p); C, gamma : (p,); folds : list of (train, test)
+    Returns (dual (n_fold, p, n), intercept (n_fold, p), oof (p, n)): each fold's dense
+    dual coefficients (0 outside its training stars), and every star's out-of-fold
+    residual (prediction − truth, standardized; 0 for a masked star).
+    """
+    n, p = Y.shape
+    dual = np.zeros((len(folds), p, n))
+    icpt = np.zeros((len(folds), p))
+    oof = np.zeros((p, n))
+    for j in range(p):
+        y, good = Y[:, j], G[:, j]
+        for f, (tr, te) in enumerate(folds):
+            tr, te = tr[good[tr]], te[good[te]]
+            if tr.size < 3:
+                continue
+            svr = SVR(kernel="rbf", C=C[j], gamma=gamma[j], epsilon=epsilon).fit(X[tr], y[tr])
+            dual[f, j, tr[svr.support_]] = svr.dual_coef_[0]
+            icpt[f, j] = svr.intercept_[0]
+            if te.size:
+                oof[j, te] = svr.predict(X[te]) - y[te]
+    return dual, icpt, oof
+
+
+def run_pixel_blocks(func, X, Y, G, per_pixel=(), shared=(), block_size=16, n_jobs=1, backend=None,
+                     desc="training pixels", progress=True, axes=None):
+    """Run `func(X, Y_block, G_block, *per_pixel_blocks, *shared)` over blocks of pixels with
+    joblib (backend "dask" for a cluster) and join the blocks' outputs.
+
+    per_pixel : arrays (n_pix,) cut into blocks like the columns of Y; `axes` gives, per
+    output of `func`, the axis along which blocks are joined (default 0 for all).
+    """
+    from contextlib import nullcontext
+
+    from joblib import Parallel, delayed, parallel_config
+    from tqdm.auto import tqdm
+
+    starts = range(0, Y.shape[1], block_size)
+    task = delayed(func)
+    with parallel_config(backend=backend) if backend else nullcontext():
+        gen = Parallel(n_jobs=n_jobs, return_as="generator")(
+            task(X, Y[:, s:s + block_size], G[:, s:s + block_size],
+                 *(a[s:s + block_size] for a in per_pixel), *shared) for s in starts)
+        parts = list(tqdm(gen, total=len(starts), desc=desc, unit="block", disable=not progress))
+    axes = axes or (0,) * len(parts[0])
+    return tuple(np.concatenate([p[i] for p in parts], axis=ax) for i, ax in enumerate(axes))

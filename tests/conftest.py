@@ -63,9 +63,9 @@ def demo_small():
 
 @pytest.fixture(scope="session")
 def dwarf_emulator(bench_datasets):
-    """Emulator trained on 600 generated dwarfs (dwarfsim protocol, every 4th selected
-    pixel: ~400 px; (C, γ) by 3-fold CV from a 2 × 2 grid) and the dwarfsim split."""
-    from slambayes import Emulator, Spectra
+    """Emulator trained (and its errors calibrated) on 600 generated dwarfs (dwarfsim protocol,
+    every 4th selected pixel: ~400 px; (C, γ) by 3-fold CV from a 2 × 2 grid) and the dwarfsim split."""
+    from slambayes import Emulator, Spectra, calibrate
 
     d = bench_datasets.load("dwarfsim", "main")
     pix = slice(None, None, 4)
@@ -73,7 +73,7 @@ def dwarf_emulator(bench_datasets):
                  labels=d["train"]["labels"][:600], label_names=d["label_names"])
     em = Emulator(C=(10.0, 100.0), gamma=(0.01, 0.1), cv=3, n_jobs=2, block_size=64,
                   progress=False).fit(tr)
-    return em, d, pix
+    return calibrate(em, tr), d, pix
 
 
 @pytest.fixture(autouse=True)

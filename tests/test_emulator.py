@@ -66,7 +66,7 @@ def test_model_file_round_trip_is_bit_for_bit(demo_small, tmp_path):
     em2 = Emulator.load(path)
     lab = train.labels[:20]
     assert np.array_equal(em.predict(lab), em2.predict(lab))
-    assert np.array_equal(em.model_error(), em2.model_error())
+    assert np.array_equal(em.cv_error, em2.cv_error)
 
 
 def test_corrupted_and_truncated_model_files(demo_small, tmp_path):
@@ -105,10 +105,11 @@ def test_cv_statistics_and_model_error(demo_small):
     assert em.cv_mse_.shape == em.C_.shape == em.gamma_.shape == (em.wave_.size,)
     assert set(np.unique(em.C_)) <= {3.0, 30.0} and set(np.unique(em.gamma_)) <= {0.1, 0.3}
     assert np.all(em.train_mse_ <= em.cv_mse_ + 1e-12)
-    full = em.model_error("cv")
-    assert np.allclose(full, em.flux_std_ * np.sqrt(em.cv_mse_))
-    assert np.all(em.model_error("cv_minus_noise") <= full + 1e-15)
-    assert np.all(em.model_error("none") == 0)
+    from slambayes.likelihood import model_sigma
+    full = model_sigma(em, "cv")
+    assert np.allclose(full, em.flux_std_ * np.sqrt(em.cv_mse_)) and np.array_equal(full, em.cv_error)
+    assert np.all(model_sigma(em, "cv_minus_noise") <= full + 1e-15)
+    assert np.all(model_sigma(em, "none") == 0)
 
 
 def test_untrained_and_unlabelled_errors():

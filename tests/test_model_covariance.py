@@ -3,22 +3,36 @@ import pytest
 
 from slambayes import Emulator, Spectra, fit_map
 from slambayes.datasets import make_demo
-from slambayes.model_covariance import Whitener, error_factor
+from slambayes.model_covariance import error_factor
 from slambayes.validation import labels_from_catalog
 
 
-def test_whitener_matches_the_dense_inverse_and_determinant(rng):
+def test_star_noise_matches_the_dense_inverse_determinant_and_split(rng):
+    from slambayes.likelihood import NoiseModel
+
     n, m = 60, 5
-    d = rng.uniform(0.2, 3.0, n)
     F = rng.normal(size=(n, m))
-    S = np.diag(d) + F @ F.T
-    w = Whitener(d, F)
+    sigma_model = np.sqrt((F**2).sum(1) + rng.uniform(0.05, 0.5, n))
+    ivar = 1 / rng.uniform(0.2, 3.0, n)
+    ivar[::11] = 0.0
+    g = ivar > 0
+    star = NoiseModel("correlated", sigma_model, F).star(ivar)
+    S_obs = np.diag(1 / ivar[g])
+    S_model = np.diag(sigma_model[g] ** 2 - (F[g] ** 2).sum(1)) + F[g] @ F[g].T
+    S = S_obs + S_model
     x, X = rng.normal(size=n), rng.normal(size=(n, 3))
-    assert w(x) @ w(x) == pytest.approx(x @ np.linalg.solve(S, x), rel=1e-12)
-    assert np.allclose(w(X).T @ w(X), X.T @ np.linalg.solve(S, X), rtol=1e-12, atol=1e-12)
-    assert w.logdet == pytest.approx(np.linalg.slogdet(S)[1], rel=1e-12)
-    diag = Whitener(d)
-    assert np.allclose(diag(x), x / np.sqrt(d)) and diag.logdet == pytest.approx(np.log(d).sum())
+    wx, wX = star.whiten(x), star.whiten(X)
+    assert np.all(wx[~g] == 0)
+    assert wx @ wx == pytest.approx(x[g] @ np.linalg.solve(S, x[g]), rel=1e-12)
+    assert np.allclose(wX.T @ wX, X[g].T @ np.linalg.solve(S, X[g]), rtol=1e-12, atol=1e-12)
+    assert star.norm == pytest.approx(-0.5 * (g.sum() * np.log(2 * np.pi) + np.linalg.slogdet(S)[1]), rel=1e-12)
+    assert np.allclose(star.whiten_T(wX)[g], np.linalg.solve(S, X[g]), rtol=1e-10, atol=1e-12)
+    # the model error's share of a fit's covariance, against its dense definition
+    cov = np.linalg.inv(wX.T @ wX)
+    B = np.linalg.solve(S, X[g])
+    assert np.allclose(star.model_part(wX, cov), cov @ B.T @ S_model @ B @ cov, rtol=1e-9, atol=1e-14)
+    diag = NoiseModel("cv", sigma_model, np.zeros((n, 0))).star(ivar)
+    assert np.allclose(diag.whiten(x)[g], x[g] / np.sqrt(1 / ivar[g] + sigma_model[g] ** 2))
 
 
 def test_error_factor_recovers_a_shared_error_pattern(rng):
@@ -42,7 +56,7 @@ def test_correlated_model_error_fits_saves_and_loads(demo_small, tmp_path):
     em, train = demo_small
     F = em.error_factor_
     assert F.shape == (train.n_pix, train.n_star // 5)              # error_rank "auto"
-    assert np.all((F**2).sum(1) <= em.model_error("cv") ** 2 * (1 + 1e-9))
+    assert np.all((F**2).sum(1) <= em.cv_error ** 2 * (1 + 1e-9))
     em.save(tmp_path / "m.npz")
     back = Emulator.load(tmp_path / "m.npz")
     assert np.array_equal(back.error_factor_, F) and back.error_rank == "auto"
@@ -67,5 +81,6 @@ def test_correlated_model_error_needs_a_factor(demo_small):
     with pytest.raises(ValueError, match="correlated.*cross-validation"):
         fit_map(flat, make_demo(2, wave=train.wave), model_error="correlated", progress=False)
     from slambayes import Posterior
-    with pytest.raises(ValueError, match="available in fit_map"):
-        Posterior(em, model_error="correlated")
+    with pytest.raises(ValueError, match="correlated.*cross-validation"):
+        Posterior(flat, model_error="correlated")
+    assert Posterior(flat).noise.kind == "cv" and Posterior(em).noise.kind == "correlated"

@@ -1,0 +1,212 @@
+"""The single-star MAP: least squares on the whitened residuals of one noise model.
+
+`fit_star` is the one fitting routine of slambayes: the survey `fit_map` calls
+it for every spectrum of a chunk, `Posterior.find_map` for one star, and the
+out-of-fold calibration for every training star. It minimizes
+
+    ½ ‖Σ^(−½) (f − f(θ))‖² + ½ Σ_p ‖L_p⁻¹ (θ_p − μ_p)‖²
+
+(Eq. 8 or its correlated form, plus Gaussian priors as extra residuals) with
+`scipy.optimize.least_squares` and the emulator's analytic Jacobian, in
+standardized label space inside the support box. Its covariance is
+(Jᵀ W J)⁻¹ in physical units (W = 1, or the robust loss's IRLS weights).
+A spectrum that cannot be fit gets a `StarFit` with a flag and NaN values,
+never an exception.
+
+With `loss="soft_l1"` or `"cauchy"` the pixel residuals (in units of the total
+σ) pass through scipy's robust loss; the prior residuals stay quadratic, and
+`n_down` counts the pixels whose weight fell below ½.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import least_squares
+
+__all__ = ["FLAGS", "MapOptions", "StarFit", "fit_star", "gaussian_prior_terms", "start_indices",
+           "LOSSES"]
+
+# bit flags of a fit (the catalog's `flag` column)
+FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8, "start_unchanged": 128}
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    """Solver options of `fit_star`."""
+
+    n_starts: int = 1
+    method: str = "trf"        # "trf" / "dogbox" (bounded) or "lm" (unbounded)
+    max_nfev: int = 100
+    edge_tol: float = 1e-3     # fraction of the box counted as "at the edge"
+    jac: str = "analytic"      # or "2-point": finite differences, for benchmarks only
+    loss: str = "linear"
+    f_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.method not in ("trf", "lm", "dogbox"):
+            raise ValueError(f"method must be 'trf', 'dogbox' or 'lm', not {self.method!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, not {self.loss!r}")
+        if self.loss != "linear" and self.method == "lm":
+            raise ValueError("scipy's method='lm' supports only loss='linear'; use method='trf'")
+        if not (np.isfinite(self.f_scale) and self.f_scale > 0):
+            raise ValueError(f"f_scale must be a positive number of σ, not {self.f_scale!r}")
+        if int(self.n_starts) < 1:
+            raise ValueError(f"n_starts must be ≥ 1, not {self.n_starts!r}")
+
+
+@dataclass
+class StarFit:
+    """Result of one fit; values/cov in physical units of the label space's labels."""
+
+    values: np.ndarray
+    cov: np.ndarray
+    cov_model: np.ndarray = None     # the model error's share of `cov` (StarNoise.model_part)
+    chi2: float = np.nan
+    rchi2: float = np.nan
+    share: float = np.nan            # mean fraction of model error in the pixel variance
+    norm_ratio: float = np.nan       # median observed / median model flux on the good pixels
+    rms: float = np.nan
+    nfev: int = 0
+    converged: bool = False
+    flag: int = 0
+    status: str = ""
+    n_down: int = 0
+
+    @classmethod
+    def failed(cls, k, flag, status):
+        return cls(np.full(k, np.nan), np.full((k, k), np.nan), np.full((k, k), np.nan), flag=flag, status=status)
+
+
+# ρ(z), ρ'(z), ρ''(z) of scipy's losses, z = (r / f_scale)²
+LOSSES = {
+    "linear": lambda z: (z, np.ones_like(z), np.zeros_like(z)),
+    "soft_l1": lambda z: (2 * (np.sqrt(1 + z) - 1), (1 + z) ** -0.5, -0.5 * (1 + z) ** -1.5),
+    "cauchy": lambda z: (np.log1p(z), 1 / (1 + z), -1 / (1 + z) ** 2),
+}
+
+
+def _pixel_loss(kind, n_pix):
+    """A scipy loss: `kind` on the first n_pix residuals, quadratic on the rest (the prior's)."""
+    rho = LOSSES[kind]
+
+    def loss(z):
+        out = np.vstack(LOSSES["linear"](z))
+        out[:, :n_pix] = np.vstack(rho(z[:n_pix]))
+        return out
+    return loss
+
+
+def gaussian_prior_terms(prior, space):
+    """Gaussian priors as residual terms ((index array, mean, L⁻¹), ...); None if not Gaussian."""
+    if prior is None:
+        return ()
+    terms = prior.gaussian_terms() if hasattr(prior, "gaussian_terms") else None
+    if terms is None:
+        return None
+    out = []
+    for names, mean, cov in terms:
+        missing = [n for n in names if n not in space.label_names]
+        if missing:
+            raise KeyError(f"prior names label(s) {missing} that the emulator does not have "
+                           f"(it has {list(space.label_names)})")
+        idx = np.array([space.names.index(n) for n in names])
+        out.append((idx, np.atleast_1d(np.asarray(mean, float)), np.linalg.inv(np.linalg.cholesky(np.atleast_2d(cov)))))
+    return tuple(out)
+
+
+def start_indices(train_models, flux, weights, n_starts):
+    """Indices (n_spec, n_starts) of the training stars whose model spectra fit best
+    (lowest χ² with Eq. 8's diagonal weights). train_models (n_train, n_pix); flux, weights (n_spec, n_pix)."""
+    wf = weights * flux
+    chi2 = (wf * flux).sum(1)[:, None] - 2 * wf @ train_models.T + weights @ (train_models**2).T
+    return np.argsort(chi2, axis=1)[:, :n_starts]
+
+
+class _Problem:
+    """Whitened residuals and Jacobian of one spectrum at standardized θ, cached per θ."""
+
+    def __init__(self, emulator, flux, noise, space, prior_terms):
+        self.em, self.noise, self.space, self.terms = emulator, noise, space, prior_terms
+        self.good = noise.good
+        self.flux = np.where(self.good, flux, 0.0)
+        self._theta = None
+
+    def eval(self, theta):
+        if self._theta is None or not np.array_equal(theta, self._theta):
+            k = self.space.n_labels
+            f, J = self.em.predict_and_jacobian(self.space.from_std(theta))
+            self.resid = np.where(self.good, self.flux - f, 0.0)
+            rs = [self.noise.whiten(self.resid)]
+            js = [self.noise.whiten(-J * self.space.scale[:k])]
+            for idx, mean, L_inv in self.terms:
+                rs.append(L_inv @ (self.space.from_std(theta)[idx] - mean))
+                jp = np.zeros((len(idx), theta.size))
+                jp[:, idx] = L_inv * self.space.scale[idx][None, :]
+                js.append(jp)
+            self._theta, self._r, self._J = theta.copy(), np.concatenate(rs), np.vstack(js)
+        return self._r, self._J
+
+
+def fit_star(emulator, flux, noise, space, starts, options=MapOptions(), prior_terms=()):
+    """MAP labels of one spectrum.
+
+    emulator : object with `predict_and_jacobian(labels (k,)) → (flux (n_pix,), J (n_pix, k))`
+    flux : (n_pix,); noise : `StarNoise`; space : `LabelSpace` (labels only)
+    starts : (n_start, k) starting labels, physical units
+    Returns a `StarFit`.
+    """
+    k = space.n_labels
+    n_good = noise.n_good
+    if n_good <= k:
+        return StarFit.failed(k, FLAGS["no_data"], f"only {n_good} good pixel(s) for {k} labels")
+    try:
+        return _fit(emulator, flux, noise, space, starts, options, prior_terms)
+    except Exception as exc:  # one bad spectrum must not stop a batch
+        return StarFit.failed(k, FLAGS["error"], f"{type(exc).__name__}: {exc}")
+
+
+def _fit(emulator, flux, noise, space, starts, options, prior_terms):
+    k = space.n_labels
+    lo, hi = space.low_std[:k], space.high_std[:k]
+    prob = _Problem(emulator, flux, noise, space, prior_terms)
+    n_pix = flux.size
+    kw = dict(jac=(lambda t: prob.eval(t)[1]) if options.jac == "analytic" else options.jac,
+              x_scale="jac", max_nfev=options.max_nfev)
+    if options.loss != "linear":
+        kw.update(loss=_pixel_loss(options.loss, n_pix), f_scale=options.f_scale)
+    if options.method != "lm":
+        kw["bounds"] = (lo, hi)
+    best = None
+    for x0 in np.atleast_2d(starts):
+        x0 = np.clip(space.to_std(x0), lo + 1e-9, hi - 1e-9)
+        res = least_squares(lambda t: prob.eval(t)[0], x0, method=options.method, **kw)
+        if best is None or res.cost < best.cost:
+            best, best_x0 = res, x0
+    theta = best.x
+    r, J = prob.eval(theta)
+    w = np.ones(r.size)
+    w[:n_pix] = LOSSES[options.loss]((r[:n_pix] / options.f_scale) ** 2)[1]
+    H = J.T @ (w[:, None] * J)
+    try:
+        cov_std = np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        cov_std = np.linalg.pinv(H)
+    chi2 = float(r[:n_pix] @ r[:n_pix])
+    values = space.from_std(theta)
+    edge = bool(space.at_edge(values, options.edge_tol))
+    # a solver that never moved (flux off by orders of magnitude, a flat χ² surface) says "converged"
+    unchanged = bool(np.allclose(theta, best_x0, rtol=0, atol=1e-10))
+    flag = (0 if best.success else FLAGS["not_converged"]) | (FLAGS["at_edge"] if edge else 0) | \
+        (FLAGS["start_unchanged"] if unchanged else 0)
+    good = noise.good
+    model = flux - prob.resid
+    cov_model = noise.model_part(J[:n_pix], cov_std)
+    return StarFit(values=values, cov=space.cov_to_phys(cov_std), cov_model=space.cov_to_phys(cov_model), chi2=chi2, rchi2=chi2 / max(noise.n_good - k, 1),
+                   rms=float(np.sqrt(np.mean(prob.resid[good] ** 2))), nfev=int(best.nfev),
+                   converged=bool(best.success), flag=flag,
+                   status=best.message + (" | at the edge of the training label range" if edge else "")
+                   + (" | the solver did not move from its start" if unchanged else ""),
+                   n_down=int((w[:n_pix][good] < 0.5).sum()), share=noise.model_share,
+                   norm_ratio=float(np.median(flux[good]) / np.median(model[good])))

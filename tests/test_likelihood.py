@@ -1,0 +1,94 @@
+"""One noise model: numpy (least squares) and jax (samplers) give the same density, the
+catalog and the single-star MAP are the same fit, and the settings are resolved once."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slambayes import Posterior, Spectra, fit_map
+from slambayes.datasets import make_demo
+from slambayes.diagnostics import NoiseMismatchError, compare_to_laplace
+from slambayes.likelihood import MODEL_ERRORS, NoiseModel, StarNoise
+
+
+def _star(train, seed=4):
+    sp = make_demo(1, snr=40.0, seed=seed, wave=train.wave, ranges=[[5200, 6200], [3, 4.2], [-0.8, 0]])
+    ivar = sp.ivar.copy()
+    ivar[0, ::9] = 0.0                                   # masked pixels drop out of both forms
+    return Spectra(sp.wave, sp.flux, ivar, meta=sp.meta), sp.labels[0]
+
+
+@pytest.mark.parametrize("kind", ["cv", "correlated"])
+def test_jax_density_equals_numpy_residuals(demo_small, kind):
+    import jax.numpy as jnp
+
+    em, train = demo_small
+    sp, labels = _star(train)
+    noise = NoiseModel.resolve(em, kind)
+    star = noise.star(sp.ivar[0])
+    model = em.predict(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05])
+    r = np.where(star.good, sp.flux[0] - model, 0.0)
+    chi2_numpy = float(np.sum(star.whiten(r) ** 2))
+    # the dense covariance on the good pixels, built from its definition
+    g = star.good
+    F = noise.factor[g]
+    cov = np.diag(1 / sp.ivar[0][g] + noise.sigma_model[g] ** 2 - (F**2).sum(1)) + F @ F.T
+    chi2_dense = float(r[g] @ np.linalg.solve(cov, r[g]))
+    norm_dense = -0.5 * (g.sum() * np.log(2 * np.pi) + np.linalg.slogdet(cov)[1])
+    post = Posterior(em, model_error=kind, calibration="none")
+    data = post.data(sp)
+    ll_jax = float(post.log_likelihood(jnp.asarray(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05]), *data))
+    chi2_jax = -2 * (ll_jax - float(data[-1]))
+    print(kind, "rank", noise.rank, "chi2 numpy", chi2_numpy, "jax", chi2_jax, "dense", chi2_dense)
+    assert abs(chi2_jax / chi2_numpy - 1) < 1e-10
+    assert abs(chi2_numpy / chi2_dense - 1) < 1e-8
+    assert abs(star.norm - norm_dense) < 1e-8 * abs(norm_dense)
+    assert (noise.rank > 0) == (kind == "correlated")
+
+
+def test_resolution_of_the_settings(demo_small):
+    em, _ = demo_small
+    assert NoiseModel.resolve(em).kind == "correlated"           # auto: the emulator has the factor
+    assert NoiseModel.resolve(em, "cv").rank == 0
+    assert NoiseModel.resolve(em, "none").sigma_model.max() == 0
+    resolved = NoiseModel.resolve(em, "cv")
+    assert NoiseModel.resolve(em, resolved) is resolved
+    with pytest.raises(ValueError, match="model_error must be one of"):
+        NoiseModel.resolve(em, "independent")
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        NoiseModel.resolve(em, "cv", calibration="yes")
+
+
+def test_model_error_strings_are_resolved_in_one_module():
+    pkg = Path(__file__).resolve().parents[1] / "slambayes"
+    comparisons = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](%s)["']""" % "|".join(m for m in MODEL_ERRORS if m != "auto"))
+    hits = [f"{p.name}:{i + 1}" for p in pkg.glob("*.py") if p.name != "likelihood.py"
+            for i, line in enumerate(p.read_text().splitlines()) if comparisons.search(line)]
+    assert hits == []
+
+
+def test_catalog_row_and_single_star_map_are_the_same_fit(demo_small):
+    em, train = demo_small
+    sp, _ = _star(train, seed=8)
+    row = fit_map(em, sp, progress=False)[0]
+    m = Posterior(em).find_map(sp)
+    k = len(em.label_names_)
+    values = np.array([row[n] for n in em.label_names_])
+    assert np.allclose(m["values"], values, rtol=0, atol=1e-9 * np.abs(values).max())
+    assert np.allclose(m["cov"], np.asarray(row["cov"]).reshape(k, k), rtol=1e-8)
+    assert m["noise"] == row.meta["NOISETAG"] == "correlated(m=50)"
+
+
+def test_compare_to_laplace_refuses_a_row_of_another_likelihood(demo_small):
+    from slambayes import sample
+
+    em, train = demo_small
+    sp, _ = _star(train, seed=9)
+    idata = sample(em, sp, num_warmup=150, num_samples=150, num_chains=2, seed=0, progress=False)
+    eq8 = fit_map(em, sp, model_error="cv", progress=False)[0]
+    with pytest.raises(NoiseMismatchError, match="another likelihood"):
+        compare_to_laplace(idata, eq8)
+    same = fit_map(em, sp, progress=False)[0]
+    t = compare_to_laplace(idata, same)
+    assert np.allclose(t["map"], [same[n] for n in em.label_names_])
