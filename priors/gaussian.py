@@ -22,7 +22,12 @@ class Gaussian(Prior):
         self.mean = np.atleast_1d(np.asarray(mean, float))
         if (sigma is None) == (cov is None):
             raise ValueError("give exactly one of sigma or cov")
-        cov = np.diag(np.atleast_1d(np.asarray(sigma, float)) ** 2) if cov is None else np.atleast_2d(cov)
+        if sigma is not None:
+            sigma = np.atleast_1d(np.asarray(sigma, float))
+            if not np.all(np.isfinite(sigma) & (sigma > 0)):
+                raise ValueError(f"Gaussian prior on {list(label_names)}: sigma must be positive and finite, "
+                                 f"got {sigma.tolist()}")
+        cov = np.diag(sigma**2) if cov is None else np.atleast_2d(cov)
         k = len(self.label_names)
         if self.mean.shape != (k,) or cov.shape != (k, k):
             raise ValueError(f"mean {self.mean.shape} / cov {cov.shape} do not match {k} label(s)")

@@ -87,7 +87,7 @@ def cmd_train(a):
         from .out_of_fold import calibrate
         calibrate(em, sp)
         z0, z1 = (em.calibration_.stats[k] for k in ("z_std_formal", "z_std_calibrated"))
-        calib = (f"; error calibration from out-of-fold fits: z-score std "
+        calib = ("; error calibration from out-of-fold fits: z-score std "
                  + ", ".join(f"{n} {a0:.2f} → {a1:.2f}" for n, a0, a1 in zip(em.label_names_, z0, z1)))
     em.save(a.out)
     print(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}{calib}; "
@@ -224,6 +224,9 @@ def _noise_options(parser):
 
 def build_parser():
     p = argparse.ArgumentParser(prog="slambayes", description=__doc__)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"slambayes {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -191,6 +191,13 @@ class Emulator:
         return predict
 
     # --------------------------------------------------------------- file I/O
+    @property
+    def model_hash(self):
+        """sha256 of the fitted model's content (see `slambayes.model_file.model_hash`)."""
+        from .model_file import model_hash
+        self._check_fitted()
+        return model_hash(self)
+
     def save(self, path):
         """Write the model to an npz file (no pickle). See `slambayes.model_file`."""
         from .model_file import save_emulator

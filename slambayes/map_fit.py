@@ -116,9 +116,10 @@ def _fits_unit(name):
         return None
 
 
-def _fingerprint(emulator, spectra, noise, space, options, prior_terms, chunk_size, checks):
+def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, chunk_size, checks):
     h = hashlib.sha256()
-    h.update(emulator.training_hash_.encode())
+    h.update(model_sha.encode())                    # the model itself, not only its training data
+    h.update("\n".join(ids).encode())
     h.update(np.ascontiguousarray(spectra.flux).tobytes())
     h.update(np.ascontiguousarray(spectra.ivar).tobytes())
     h.update(noise.describe().encode())
@@ -196,11 +197,13 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     tasks = [delayed(fit_chunk)(emulator, spectra.flux[s:s + chunk_size], spectra.ivar[s:s + chunk_size],
                                 ids[s:s + chunk_size], starts, noise, space, options, prior_terms, checks)
              for s in range(0, spectra.n_star, chunk_size)]
-    meta = dict(LABELS=",".join(space.label_names), MODELSHA=emulator.training_hash_[:32],
+    model_sha = emulator.model_hash
+    meta = dict(LABELS=",".join(space.label_names), MODELSHA=model_sha[:32],
+                TRAINSHA=emulator.training_hash_[:32],
                 MODELERR=noise.kind, ERRRANK=noise.rank, NOISETAG=noise.tag, CALIB="out-of-fold" if noise.calibrated else "none",
                 NOISE=noise.describe(), METHOD=method, LOSS=loss, FSCALE=float(f_scale),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
-    fingerprint = _fingerprint(emulator, spectra, noise, space, options, prior_terms, chunk_size, checks)
+    fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, chunk_size, checks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return run_chunked(tasks, output=output, fingerprint=fingerprint, meta=meta, n_jobs=n_jobs,

@@ -16,7 +16,7 @@ import numpy as np
 
 from .label_space import DEFAULT_UNITS
 
-__all__ = ["SCHEMA", "ModelFileError", "save_emulator", "load_emulator"]
+__all__ = ["SCHEMA", "ModelFileError", "save_emulator", "load_emulator", "model_hash"]
 
 SCHEMA = "slambayes.emulator/1"
 ARRAYS = ("wave_", "label_mean_", "label_std_", "label_min_", "label_max_", "flux_mean_",
@@ -42,6 +42,25 @@ def _versions():
     return out
 
 
+def model_hash(em):
+    """sha256 of everything that determines a fitted emulator's predictions and errors: its
+    arrays, hyperparameter grid, calibration and fit-check limits. Two models with the same
+    hash give the same catalog; a resumed run compares it (`slambayes.map_fit`)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    arrays = {k: getattr(em, k) for k in ARRAYS + OPTIONAL_ARRAYS if hasattr(em, k)}
+    for extra in ("calibration_", "checks_"):
+        if getattr(em, extra, None) is not None:
+            arrays.update(getattr(em, extra).to_arrays())
+    for k in sorted(arrays):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(arrays[k], dtype=np.float64).tobytes())
+    h.update(json.dumps([list(em.label_names_), {k: np.atleast_1d(getattr(em, k)).tolist()
+                                                 for k in PARAMS if k not in ("error_rank",)}]).encode())
+    return h.hexdigest()
+
+
 def save_emulator(em, path):
     """Write a fitted `Emulator` to `path` (npz)."""
     em._check_fitted()
@@ -53,6 +72,7 @@ def save_emulator(em, path):
         params={k: (list(np.atleast_1d(getattr(em, k)).astype(float))
                     if k in ("C", "gamma") else getattr(em, k)) for k in PARAMS},
         training_hash=em.training_hash_,
+        model_hash=model_hash(em),
         calibration=em.calibration_.stats if getattr(em, "calibration_", None) is not None else None,
         versions=_versions(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -47,11 +47,24 @@ def _fold_emulators(emulator, spectra, n_jobs, progress):
     return out
 
 
+def _fit_held_out(fold, noise, space, options, train_labels, flux, ivar):
+    """`fit_star` for each held-out spectrum of one fold, started at the best training star."""
+    models = fold.predict(train_labels)
+    fits = []
+    for f, iv in zip(flux, ivar):
+        star = noise.star(iv)
+        f = np.where(star.good, f, 0.0)
+        start = train_labels[start_indices(models, f[None], star.weights[None], 1)[0]]
+        fits.append(fit_star(fold, f, star, space, start, options))
+    return fits
+
+
 def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=True):
     """Fit each training star with the fold model that did not see it.
 
-    Returns dict(values (n, k), sigma (n, k) formal, sigma_model (n, k) its model-error share, rchi2 (n,), quality (n, 2): χ²_ν and the model share, position (n, 2): the label-space
-    calibration features, each against the fold's training set; flag (n,)).
+    Returns dict(values (n, k), sigma (n, k) formal, sigma_model (n, k) its model-error share,
+    rchi2 (n,), quality (n, 2): χ²_ν and the model share, position (n, 2): the label-space
+    calibration features, each against the fold's training set, norm_ratio (n,), flag (n,)).
     """
     em = emulator
     base = NoiseModel.resolve(em, model_error, calibration="none")
@@ -62,16 +75,15 @@ def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=T
                sigma_model=np.full((n, k), np.nan), rchi2=np.full(n, np.nan),
                quality=np.full((n, 2), np.nan), position=np.zeros((n, 2)), norm_ratio=np.full(n, np.nan),
                flag=np.zeros(n, int))
+    from joblib import Parallel, delayed
+
     labels = em.from_std(em.X_train_)
-    for fold, tr, te, F in _fold_emulators(em, spectra, n_jobs, progress):
-        noise = base.for_fold(F)
-        models = fold.predict(labels[tr])
-        fits = []
-        for i in te:
-            star = noise.star(spectra.ivar[i])
-            flux = np.where(star.good, spectra.flux[i], 0.0)
-            start = labels[tr][start_indices(models, flux[None], star.weights[None], 1)[0]]
-            fits.append(fit_star(fold, flux, star, space, start, options))
+    folds = _fold_emulators(em, spectra, n_jobs, progress)
+    # the folds are independent: one joblib task each (only its held-out spectra travel)
+    results = Parallel(n_jobs=min(n_jobs, len(folds)) if n_jobs > 0 else n_jobs)(
+        delayed(_fit_held_out)(fold, base.for_fold(F), space, options, labels[tr], spectra.flux[te], spectra.ivar[te])
+        for fold, tr, te, F in folds)
+    for (fold, tr, te, F), fits in zip(folds, results):
         vals = np.array([f.values for f in fits])
         out["values"][te] = vals
         out["sigma"][te] = np.sqrt(np.array([np.diag(f.cov) for f in fits]))

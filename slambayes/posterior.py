@@ -71,6 +71,14 @@ class Posterior:
         self._prior_idx = np.array([self.space.names.index(n) for n in prior_names], int)
         self._predict = emulator.jax_predictor()
         self._cache = {}
+        # the calibration is a label-space map about the MAP of the likelihood (and Gaussian
+        # priors, as in the catalog); under any other prior it would widen what the prior knows
+        self.calibrated = self.noise.calibrated and self.is_gaussian()
+        if self.noise.calibrated and not self.calibrated:
+            import warnings
+            warnings.warn(f"the error calibration is not applied under the non-Gaussian prior "
+                          f"{type(prior).__name__}: the posterior widths are the formal ones",
+                          UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------- units
     names = property(lambda self: self.space.names)
@@ -175,7 +183,8 @@ class Posterior:
         The labels come from `fit_star` (the catalog's core, with Gaussian priors as
         residuals). A non-Gaussian prior or nuisance parameters: the full log posterior is
         then maximized from there with L-BFGS-B on jax gradients, and the formal covariance
-        is the inverse jax Hessian. `cov` is calibrated as in the catalog.
+        is the inverse jax Hessian. `cov` is calibrated as in the catalog (formal under a
+        non-Gaussian prior, see `calibrated`).
         """
         noise = self.star_noise(spectrum)
         flux = np.where(noise.good, spectrum.flux[0], 0.0)
@@ -194,8 +203,11 @@ class Posterior:
         if checks is not None:
             out["flag"] = int(out["flag"]) | int(checks.flags(self.to_std(out["values"][:k])[None], out["quality"][None],
                                                                [fit.norm_ratio])[0])
-        out["cov"] = self.noise.calibrate(out["cov_formal"][None], fit.cov_model[None],
-                                          self.to_std(out["values"][:k])[None], out["quality"][None])[0]
+        if self.calibrated:
+            out["cov"] = self.noise.calibrate(out["cov_formal"][None], fit.cov_model[None],
+                                              self.to_std(out["values"][:k])[None], out["quality"][None])[0]
+        else:
+            out["cov"] = np.array(out["cov_formal"], float)
         return out
 
     def _polish(self, start, data):

@@ -6,7 +6,7 @@ at the MAP. The InferenceData holds:
 
 - ``posterior``: one variable per label and nuisance parameter, physical units,
   dims (chain, draw); for emcee each walker is a chain. With a calibrated noise
-  model the label draws carry the catalog's calibration (`NoiseModel.calibrate`:
+  model (and no prior, or a Gaussian one) the label draws carry the catalog's calibration (`NoiseModel.calibrate`:
   scaled about the MAP by the same factors s_j, plus the label floor c_j), so
   their widths match the catalog's `<label>_err`; the sampled (formal) draws are
   in ``posterior_formal``;
@@ -161,7 +161,7 @@ def map_from_idata(idata):
                 method=str(a["map_method"]), noise=str(a.get("noise", "")))
 
 
-def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None, seed=0):
+def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
     """Build the InferenceData (see module docstring) from standardized draws;
     `ivar` (n_pix,) is the observed inverse variance."""
     import warnings
@@ -180,7 +180,7 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None, seed=
     k = post.n_labels
     values = np.asarray(map_row["values"], float)
     params = formal.copy()
-    calib = post.noise.calibration
+    calib = post.noise.calibration if post.calibrated else None
     if calib is not None:
         # the catalog's calibration as a linear map about the MAP: it takes the formal Laplace
         # covariance to the calibrated one, and the draws with it (keeping their shape)
@@ -222,9 +222,10 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None, seed=
         map_cov_formal=np.asarray(map_row.get("cov_formal", map_row["cov"]), float).reshape(n * n),
         map_rchi2=float(map_row.get("rchi2", np.nan)), map_method=str(map_row.get("method", "")),
         label_names=",".join(post.names[:k]), model_error=post.noise.kind, noise=post.noise.tag,
-        noise_model=post.noise.describe(), calibrated=int(post.noise.calibrated),
+        noise_model=post.noise.describe(), calibrated=int(post.calibrated),
         support_low=post.low, support_high=post.high, edge_fraction=edge, edge_tol=EDGE_TOL,
         prior=repr(post.prior), model_training_hash=str(getattr(post.emulator, "training_hash_", "")),
+        model_hash=str(getattr(post.emulator, "model_hash", "")),
         **(attrs or {}))
     return idata
 
@@ -270,4 +271,4 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
         extra["acceptance_fraction"] = acc
     attrs = dict(sampler=sampler, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
                  sampling_time_s=time.perf_counter() - t0, **extra)
-    return to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs, seed)
+    return to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs)

@@ -76,3 +76,11 @@ def test_sample_then_diagnose(demo_small, tmp_path, capsys):
     (tmp_path / "junk.nc").write_bytes(b"not netcdf")
     assert main(["diagnose", str(tmp_path / "junk.nc")]) == 2
     assert "junk.nc" in capsys.readouterr().err
+
+
+def test_version_flag():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "slambayes.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().startswith("slambayes ")

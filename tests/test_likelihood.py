@@ -9,7 +9,7 @@ import pytest
 from slambayes import Posterior, Spectra, fit_map
 from slambayes.datasets import make_demo
 from slambayes.diagnostics import NoiseMismatchError, compare_to_laplace
-from slambayes.likelihood import MODEL_ERRORS, NoiseModel, StarNoise
+from slambayes.likelihood import MODEL_ERRORS, NoiseModel
 
 
 def _star(train, seed=4):

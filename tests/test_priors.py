@@ -101,3 +101,11 @@ def test_register_a_prior_by_name():
     assert p.support() == {"feh": (-1.0, 0.5)} and float(p.log_prob(np.array([0.25]))) == pytest.approx(0.5 - np.log(1.5))
     with pytest.raises(TypeError):
         priors.register("bad", 3)
+
+
+def test_gaussian_prior_refuses_a_non_positive_sigma():
+    from slambayes.priors import Gaussian
+
+    for bad in (-0.1, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="sigma must be positive"):
+            Gaussian(["feh"], [-0.5], [bad])
