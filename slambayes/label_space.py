@@ -69,6 +69,12 @@ class LabelSpace:
         return LabelSpace(tuple(names), tuple(units), np.array(loc), np.array(scale), np.array(low),
                           np.array(high), self.n_labels, self.pad)
 
+    def labels_only(self):
+        """The same space without nuisance parameters."""
+        k = self.n_labels
+        return LabelSpace(self.names[:k], self.units[:k], self.loc[:k], self.scale[:k], self.low[:k],
+                          self.high[:k], k, self.pad)
+
     def cut(self, support):
         """Intersect the box with {name: (low, high)}; a clear error where nothing is left."""
         low, high = self.low.copy(), self.high.copy()

@@ -21,7 +21,7 @@ from astropy.table import Table
 
 from .catalog import run_chunked
 from .label_space import LabelSpace
-from .likelihood import NoiseModel
+from .likelihood import NoiseModel, pixel_weights
 from .fit_checks import CHECK_FLAGS
 from .map_core import FLAGS as SOLVER_FLAGS
 from .map_core import MapOptions, fit_star, gaussian_prior_terms, start_indices
@@ -57,10 +57,10 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     """
     names = list(space.label_names)
     k = len(names)
-    stars = [noise.star(iv) for iv in ivar]
-    weights = np.array([s.weights for s in stars])
+    weights = pixel_weights(ivar, noise.sigma_model)
     idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), weights, options.n_starts)
-    fits = [fit_star(emulator, flux[i], stars[i], space, starts[0][idx0[i]], options, prior_terms)
+    # one star's Woodbury factors at a time: (n_pix, m) each, so memory stays bounded by one star
+    fits = [fit_star(emulator, flux[i], noise.star(ivar[i]), space, starts[0][idx0[i]], options, prior_terms)
             for i in range(flux.shape[0])]
     values = np.array([f.values for f in fits]).reshape(-1, k)
     cov_formal = np.array([f.cov for f in fits]).reshape(-1, k, k)

@@ -190,9 +190,8 @@ class Posterior:
         flux = np.where(noise.good, spectrum.flux[0], 0.0)
         k = self.n_labels
         terms = gaussian_prior_terms(self.prior, self.space) if self.prior is not None else ()
-        label_space = LabelSpace(self.space.names[:k], self.space.units[:k], self.loc[:k], self.scale[:k],
-                                 self.low[:k], self.high[:k], k, self.space.pad)
-        fit = fit_star(self.emulator, flux, noise, label_space, self._starts(flux, noise), options, terms or ())
+        fit = fit_star(self.emulator, flux, noise, self.space.labels_only(), self._starts(flux, noise), options,
+                       terms or ())
         out = dict(names=self.names, values=fit.values, cov_formal=fit.cov, cov_model=fit.cov_model,
                    rchi2=fit.rchi2, quality=np.array([fit.rchi2, fit.share]), flag=fit.flag,
                    method="LM", converged=fit.converged, message=fit.status, noise=self.noise.tag)
