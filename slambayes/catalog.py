@@ -1,12 +1,14 @@
 """Chunked, resumable catalog writing.
 
 Each finished chunk is written atomically (temporary file, then rename) into
-`<output>.parts/chunk-NNNNNN.fits`, so an interrupted run (even SIGKILL) keeps
-every chunk that finished and never a half-written one. A re-run with the
-same output and the same inputs computes only the missing chunks; when all are
-there they are stacked in input order into `<output>` (again atomically) and
-the parts are removed. A manifest holds a fingerprint of the run so that parts
-of a different run are never mixed in.
+`<output>.parts/rows-<start>-<stop>.fits` (the input rows it holds), so an
+interrupted run (even SIGKILL) keeps every chunk that finished and never a
+half-written one. A re-run with the same output and the same inputs computes
+only the chunks whose rows no part holds yet, whatever the chunk size of
+either run; when every row is there they are stacked in input order into
+`<output>` (again atomically) and the parts are removed. A manifest holds a
+fingerprint of the run (what determines the results, not how the work is cut)
+so that parts of a different run are never mixed in.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 from astropy.table import Table, vstack
 
 __all__ = ["run_chunked", "write_table", "read_table", "CatalogMismatchError"]
@@ -49,21 +52,50 @@ def read_table(path):
     return Table.read(path, format=_fmt(path))
 
 
-def _part_path(parts, i):
-    return parts / f"chunk-{i:06d}.fits"
+def _part_path(parts, span):
+    return parts / f"rows-{span[0]:010d}-{span[1]:010d}.fits"
+
+
+def _existing_parts(parts_dir):
+    """{(start, stop): path} of the finished parts."""
+    out = {}
+    for path in parts_dir.glob("rows-*-*.fits"):
+        try:
+            start, stop = (int(v) for v in path.stem.split("-")[1:3])
+        except ValueError:
+            continue
+        out[(start, stop)] = path
+    return out
+
+
+def _stack_rows(parts, n_rows):
+    """Rows 0 … n_rows−1 in order from parts {(start, stop): Table of stop − start rows}, each row
+    taken from the first part (by start) that holds it; None if a row is missing."""
+    taken = np.zeros(n_rows, bool)
+    tables = []
+    for (start, stop), table in sorted(parts.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+        new = ~taken[start:stop]
+        if new.any():
+            tables.append(table[new])
+            taken[start:stop] = True
+    return vstack(tables, metadata_conflicts="silent") if taken.all() else None
 
 
 def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend=None,
-                progress=True, overwrite=False, desc="fitting"):
+                progress=True, overwrite=False, desc="fitting", rows=None):
     """Run joblib-delayed `tasks` (list, one per chunk, each returning a Table)
     and return their rows stacked in order.
 
-    With `output`, finished chunks are kept on disk as they complete and a
-    re-run resumes (see module docstring). `fingerprint` identifies the run.
+    rows : [(start, stop), ...] per task, the input rows each task's Table holds (default:
+        task i holds row i); with `output`, finished chunks are kept on disk as they complete
+        and a re-run resumes, with any cut of the same rows (see module docstring).
+    `fingerprint` identifies the run.
     """
     from joblib import Parallel, parallel_config
     from tqdm.auto import tqdm
 
+    rows = [(i, i + 1) for i in range(len(tasks))] if rows is None else [tuple(map(int, r)) for r in rows]
+    n_rows = max((r[1] for r in rows), default=0)
     meta = dict(meta or {}, FINGERPR=fingerprint, NCHUNKS=len(tasks))
     if output is None:
         with parallel_config(backend=backend) if backend else nullcontext():
@@ -89,21 +121,23 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
     parts_dir.mkdir(parents=True, exist_ok=True)
     if manifest.exists():
         old = json.loads(manifest.read_text())
-        if old.get("fingerprint") != fingerprint or old.get("n_chunks") != len(tasks):
+        if old.get("fingerprint") != fingerprint or old.get("n_rows") != n_rows:
             raise CatalogMismatchError(
                 f"{parts_dir} holds chunks of a different run (other inputs, model or "
                 f"settings); use overwrite=True (--overwrite) to start again")
     else:
-        manifest.write_text(json.dumps({"fingerprint": fingerprint, "n_chunks": len(tasks)}))
-    todo = [i for i in range(len(tasks)) if not _part_path(parts_dir, i).exists()]
+        manifest.write_text(json.dumps({"fingerprint": fingerprint, "n_rows": n_rows}))
+    covered = np.zeros(n_rows, bool)
+    for start, stop in _existing_parts(parts_dir):
+        covered[start:stop] = True
+    todo = [i for i, (start, stop) in enumerate(rows) if not covered[start:stop].all()]
     with parallel_config(backend=backend) if backend else nullcontext():
         res = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
             _tagged(i, tasks[i]) for i in todo)
         for i, table in tqdm(res, total=len(todo), initial=0, desc=desc, unit="chunk",
                              disable=not progress):
-            write_table(table, _part_path(parts_dir, i))
-    out = vstack([Table.read(_part_path(parts_dir, i)) for i in range(len(tasks))],
-                 metadata_conflicts="silent")
+            write_table(table, _part_path(parts_dir, rows[i]))
+    out = _stack_rows({span: Table.read(path) for span, path in _existing_parts(parts_dir).items()}, n_rows)
     out.meta.clear()
     out.meta.update(meta)
     write_table(out, output)

@@ -23,6 +23,60 @@ def _floats(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _count(minimum):
+    """argparse type: an integer ≥ minimum."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+SUFFIXES = {"model": (".npz",), "catalog": (".fits", ".fit", ".fits.gz", ".ecsv", ".parquet"),
+            "posterior": (".nc",)}
+
+
+def check_output(path, kind):
+    """Refuse, before any work, an output that could not be written: a directory, a missing or
+    unwritable folder, an unknown suffix or a format whose library is missing."""
+    import os
+
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        raise CLIError(f"--out {path} is a directory; give a file name ending in {' or '.join(SUFFIXES[kind])}")
+    if not name.endswith(SUFFIXES[kind]):
+        raise CLIError(f"--out {path}: a {kind} file must end in {' or '.join(SUFFIXES[kind])}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise CLIError(f"--out {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CLIError(f"--out {path}: the folder {folder} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CLIError(f"--out {path} exists and is not writable")
+    if name.endswith(".parquet"):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise CLIError(f"--out {path}: writing parquet needs pyarrow (pip install pyarrow); "
+                           f"or use .fits / .ecsv") from None
+    return path
+
+
 def _names(text):
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -72,6 +126,7 @@ def cmd_train(a):
     from .datasets import make_demo
     from .emulator import Emulator
 
+    check_output(a.out, "model")
     if a.demo:
         sp = make_demo(a.demo, snr=100.0, seed=a.seed)
     elif a.spectra:
@@ -98,15 +153,20 @@ def cmd_fit(a):
     from .emulator import Emulator
     from .map_fit import fit_map
 
+    check_output(a.out, "catalog")
     em = Emulator.load(a.model)
     sp = load_fit_set(a.spectra, em.wave_)
     client = None
     if a.scheduler:
         from dask.distributed import Client
-        client = Client(a.scheduler)
+        try:
+            client = Client(a.scheduler, timeout="15s")
+        except (OSError, TimeoutError) as exc:
+            raise CLIError(f"cannot reach the dask scheduler at {a.scheduler}: {exc}") from None
     cat = fit_map(em, sp, model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, chunk_size=a.chunk_size,
                   n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
-                  loss=a.loss, f_scale=a.f_scale)
+                  loss=a.loss, f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
+                  fit_rv=a.fit_rv, rv_window=a.rv_window)
     n_bad = int((cat["flag"] != 0).sum())
     print(f"{len(cat)} spectra fitted, {n_bad} flagged; catalog written to {a.out}")
 
@@ -161,14 +221,14 @@ def cmd_sample(a):
     from .emulator import Emulator
     from .sampling import sample
 
+    check_output(a.out, "posterior")
     em = Emulator.load(a.model)
     sp = _select_star(load_fit_set(a.spectra, em.wave_), a.star)
     prior = parse_prior(a.prior, em) if a.prior else None
     idata = sample(em, sp, prior=prior, sampler=a.sampler, num_warmup=a.num_warmup,
                    num_samples=a.num_samples, num_chains=a.num_chains, num_walkers=a.num_walkers,
-                   seed=a.seed, model_error=a.model_error, calibration=a.calibration)
+                   seed=a.seed, model_error=a.model_error, calibration=a.calibration, fit_rv=a.fit_rv)
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     idata.to_netcdf(str(tmp))
     tmp.replace(out)
@@ -209,6 +269,8 @@ def cmd_diagnose(a):
 def cmd_demo(a):
     from .demo import run_demo
 
+    if Path(a.out).exists() and not Path(a.out).is_dir():
+        raise CLIError(f"--out {a.out} is a file; the demo writes a folder")
     run_demo(Path(a.out), n_train=a.n_train, n_test=a.n_test, n_jobs=a.n_jobs, seed=a.seed)
 
 
@@ -222,6 +284,11 @@ def _noise_options(parser):
                         help="auto: the model's out-of-fold error calibration, if it has one")
 
 
+def _rv_options(parser):
+    parser.add_argument("--fit-rv", action="store_true",
+                        help="also fit a residual radial velocity rv_resid (km/s) of the model spectrum")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="slambayes", description=__doc__)
     from . import __version__
@@ -229,26 +296,27 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"slambayes {__version__}")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
+    fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
-    d = sub.add_parser("demo", help="run the whole journey on the embedded synthetic data")
+    d = sub.add_parser("demo", help="run the whole journey on the embedded synthetic data", **fmt)
     d.add_argument("--out", default="slambayes-demo", help="output folder")
-    d.add_argument("--n-train", type=int, default=400)
-    d.add_argument("--n-test", type=int, default=300)
+    d.add_argument("--n-train", type=_count(20), default=400, help="training spectra (≥ 20)")
+    d.add_argument("--n-test", type=_count(2), default=300, help="test spectra (≥ 2)")
     d.add_argument("--n-jobs", type=int, default=-1)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train an emulator")
+    t = sub.add_parser("train", help="train an emulator", **fmt)
     t.add_argument("--spectra", nargs="+", help="npz with labels, or LAMOST FITS files/folders")
     t.add_argument("--labels", help="label catalogue (CSV/FITS) for FITS spectra")
     t.add_argument("--label-names", help="comma-separated label columns, e.g. teff,logg,feh")
     t.add_argument("--key", default="filename", help="catalogue column to join on")
-    t.add_argument("--demo", type=int, default=0, metavar="N", help="train on N demo spectra instead")
+    t.add_argument("--demo", type=_count(0), default=0, metavar="N", help="train on N demo spectra instead")
     t.add_argument("--out", required=True, help="model file to write (.npz)")
     t.add_argument("--C", type=_floats, default=(1.0, 10.0, 100.0))
     t.add_argument("--gamma", type=_floats, default=(0.01, 0.1, 1.0))
-    t.add_argument("--epsilon", type=float, default=0.05)
-    t.add_argument("--cv", type=int, default=5)
+    t.add_argument("--epsilon", type=_positive_float, default=0.05)
+    t.add_argument("--cv", type=_count(0), default=5, help="CV folds (0: none; the calibration needs ≥ 2)")
     t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default="auto",
                    help="components of the correlated model error kept (0: none; auto: n_train // 5, ≤ 100)")
     t.add_argument("--no-calibrate", dest="calibrate", action="store_false",
@@ -257,39 +325,44 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
 
-    f = sub.add_parser("fit", help="MAP labels for a batch of spectra")
+    f = sub.add_parser("fit", help="MAP labels for a batch of spectra", **fmt)
     f.add_argument("--model", required=True)
     f.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS files/folders")
     f.add_argument("--out", required=True, help="catalog (.fits, .ecsv or .parquet); re-run resumes")
     _noise_options(f)
-    f.add_argument("--n-starts", type=int, default=1)
+    f.add_argument("--n-starts", type=_count(1), default=1)
     f.add_argument("--loss", default="linear", choices=("linear", "soft_l1", "cauchy"),
                    help="linear: Eq. 8; soft_l1/cauchy: robust against outlier pixels")
-    f.add_argument("--f-scale", type=float, default=1.0,
+    f.add_argument("--f-scale", type=_positive_float, default=1.0,
                    help="residual (in total σ) beyond which a robust loss down-weights a pixel")
-    f.add_argument("--chunk-size", type=int, default=256)
+    f.add_argument("--chunk-size", type=_count(1), default=256)
+    f.add_argument("--clip-sigma", type=float, default=5.0,
+                   help="clip pixels off by more than this many total σ and refit (0: no clipping)")
+    _rv_options(f)
+    f.add_argument("--rv-window", type=_positive_float, default=20.0, help="|rv_resid| bound, km/s")
     f.add_argument("--n-jobs", type=int, default=1)
     f.add_argument("--scheduler", help="dask.distributed scheduler address")
     f.add_argument("--overwrite", action="store_true")
     f.set_defaults(func=cmd_fit)
 
-    s = sub.add_parser("sample", help="posterior of one star (NUTS or emcee) → InferenceData .nc")
+    s = sub.add_parser("sample", help="posterior of one star (NUTS or emcee) → InferenceData .nc", **fmt)
     s.add_argument("--model", required=True)
     s.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS file(s)")
     s.add_argument("--star", help="id (meta column 'id') or 0-based index, if the input has several")
     s.add_argument("--prior", help="e.g. 'parallax:parallax_mas=2.1,parallax_err_mas=0.05,mag=11.2' "
                                     "or 'galacticmodel:l_deg=30,b_deg=60+trainingdensity'")
     s.add_argument("--sampler", default="nuts", choices=("nuts", "emcee"))
-    s.add_argument("--num-warmup", type=int, default=1000)
-    s.add_argument("--num-samples", type=int, default=1000)
-    s.add_argument("--num-chains", type=int, default=4)
-    s.add_argument("--num-walkers", type=int, default=32)
+    s.add_argument("--num-warmup", type=_count(0), default=1000)
+    s.add_argument("--num-samples", type=_count(1), default=1000)
+    s.add_argument("--num-chains", type=_count(1), default=4)
+    s.add_argument("--num-walkers", type=_count(2), default=32)
+    _rv_options(s)
     _noise_options(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="netCDF file to write, e.g. star.nc")
     s.set_defaults(func=cmd_sample)
 
-    g = sub.add_parser("diagnose", help="posterior vs LM Laplace table and plots for a .nc file")
+    g = sub.add_parser("diagnose", help="posterior vs LM Laplace table and plots for a .nc file", **fmt)
     g.add_argument("posterior", help="file written by `slambayes sample`")
     g.add_argument("--out-dir", help="folder for the plots (default: beside the file)")
     g.set_defaults(func=cmd_diagnose)
@@ -303,7 +376,13 @@ def main(argv=None):
                         format="%(levelname)s: %(message)s")
     try:
         args.func(args)
-    except (CLIError, FileNotFoundError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = (f"; finished chunks are kept in {out}.parts: run the same command again to resume"
+                if args.command == "fit" else "")
+        print(f"slambayes {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (CLIError, OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         print(f"slambayes {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

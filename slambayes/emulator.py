@@ -8,6 +8,7 @@ from .kernel_expansion import KernelExpansion
 from .model_covariance import error_factor
 from .preprocess import standardize
 from .svr_training import PIXEL_STATS, fit_pixel_block, run_pixel_blocks
+from .training_set import check_training_set
 
 __all__ = ["Emulator", "DEFAULT_C", "DEFAULT_GAMMA"]
 
@@ -77,15 +78,13 @@ class Emulator:
 
     # ------------------------------------------------------------------ fit
     def fit(self, spectra):
-        """Train on `spectra` (must have labels). Returns self."""
-        if spectra.labels is None:
-            raise ValueError("training spectra need labels (Spectra(labels=..., label_names=...))")
+        """Train on `spectra` (must have labels). Returns self.
+
+        The set is checked first (`slambayes.training_set.check_training_set`): constant or
+        non-finite labels are refused; stars without good pixels, with absurd flux or
+        duplicated are dropped with a warning that names them."""
+        spectra = check_training_set(spectra, min_stars=max(3, self.cv or 0))
         labels = np.asarray(spectra.labels, float)
-        if not np.all(np.isfinite(labels)):
-            bad = np.flatnonzero(~np.all(np.isfinite(labels), axis=1))
-            raise ValueError(f"training labels are not finite for star(s) {bad[:10].tolist()}")
-        if spectra.n_star < max(3, self.cv or 0):
-            raise ValueError(f"need at least {max(3, self.cv or 0)} training stars, got {spectra.n_star}")
         good = spectra.good
         self.label_names_ = list(spectra.label_names)
         self.wave_ = spectra.wave.copy()

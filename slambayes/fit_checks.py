@@ -11,7 +11,10 @@ so that no limit is a magic number:
   training stars' 99th percentile, plus a margin of 0.1;
 - out of the training distribution: the labels' distance to their nearest
   training stars (u) or how one-sided those are (e) beyond the training stars'
-  own leave-one-out 99.5th percentile;
+  own leave-one-out 99.5th percentile. Both are measured at the point within
+  `TOLERANCE` σ (per label, the fit's own error) of the fitted labels that lies
+  closest to those neighbours, so a faint star whose noisy labels scatter off
+  the training set is not flagged while its error bars still reach it;
 - not normalized: the median ratio of observed to model flux over good pixels
   off 1 by more than 3 × the training stars' 99th percentile (at least 0.05),
   e.g. a spectrum that was never continuum-normalized, or a non-stellar one.
@@ -22,12 +25,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import misfit_feature, neighbour_features, position_features, typical_spacing
+from .calibration import N_NEIGHBOURS, misfit_feature, neighbour_features, position_features, typical_spacing
 
-__all__ = ["FitChecks", "fit_checks", "CHECK_FLAGS"]
+__all__ = ["FitChecks", "fit_checks", "CHECK_FLAGS", "nearest_consistent", "TOLERANCE"]
 
 CHECK_FLAGS = {"poor_fit": 16, "out_of_distribution": 32, "not_normalized": 64}
 _MARGIN = 0.1
+TOLERANCE = 1.0      # σ a fit may lie off the training distribution before it counts as out of it
+
+
+def nearest_consistent(theta_std, sigma_std, X_ref, tolerance=TOLERANCE):
+    """The labels (m, k) within `tolerance` × sigma_std of theta_std (m, k), per label, moved
+    towards the centroid of their nearest training stars X_ref (n, k)."""
+    from scipy.spatial import cKDTree
+
+    theta_std = np.atleast_2d(theta_std)
+    ok = np.all(np.isfinite(theta_std), 1) & np.all(np.isfinite(sigma_std), 1)
+    out = theta_std.copy()
+    if ok.any():
+        k = min(N_NEIGHBOURS, X_ref.shape[0])
+        _, idx = cKDTree(X_ref).query(theta_std[ok], k=k)
+        centroid = X_ref[np.reshape(idx, (ok.sum(), -1))].mean(1)
+        step = tolerance * np.asarray(sigma_std, float)[ok]
+        out[ok] = theta_std[ok] + np.clip(centroid - theta_std[ok], -step, step)
+    return out
 
 
 @dataclass(frozen=True)
@@ -47,12 +68,14 @@ class FitChecks:
     X_ref: np.ndarray
     d_ref: float
 
-    def flags(self, theta_std, quality, norm_ratio):
-        """Flag bits (m,) for fits at standardized labels (m, k), quality (m, 2) = (χ²_ν, share)
-        and median flux ratio (m,); failed fits (NaN labels) get no check bits."""
+    def flags(self, theta_std, quality, norm_ratio, sigma_std=None):
+        """Flag bits (m,) for fits at standardized labels (m, k) with standardized errors
+        sigma_std (m, k) (None: exact labels), quality (m, 2) = (χ²_ν, share) and median flux
+        ratio (m,); failed fits (NaN labels) get no check bits."""
         theta_std = np.atleast_2d(theta_std)
         ok = np.all(np.isfinite(theta_std), 1)
-        pos = position_features(theta_std, self.X_ref, self.d_ref)
+        where = theta_std if sigma_std is None else nearest_consistent(theta_std, sigma_std, self.X_ref)
+        pos = position_features(where, self.X_ref, self.d_ref)
         with np.errstate(invalid="ignore", divide="ignore"):
             ln_norm = np.abs(np.log(np.asarray(norm_ratio, float)))
         bits = np.where(misfit_feature(quality, self.rho) > self.misfit, CHECK_FLAGS["poor_fit"], 0)

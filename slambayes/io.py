@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table, join
+from astropy.table import Table
 
 from ._interp import interp_rows
 from .spectra import Spectra

@@ -68,6 +68,7 @@ class StarNoise:
     isd : (n_pix,) D^(−½), 0 on bad pixels; Q : (n_pix, m); c : (m,); norm : −½ ln det 2πΣ
     weights : (n_pix,) Eq. 8's diagonal 1/(σ²_obs + σ²_model) (for starting points)
     var_obs : (n_pix,) σ²_obs, 0 on bad pixels
+    ivar, source : the inverse variance and `NoiseModel` it was built from (for `without`)
     """
 
     isd: np.ndarray
@@ -76,6 +77,16 @@ class StarNoise:
     norm: float
     weights: np.ndarray
     var_obs: np.ndarray
+    ivar: np.ndarray = field(default=None, compare=False, repr=False)
+    source: object = field(default=None, compare=False, repr=False)
+
+    def without(self, pixels):
+        """The same spectrum's noise with `pixels` (boolean mask or indices) set bad."""
+        if self.source is None:
+            raise ValueError("this StarNoise was not built by NoiseModel.star; it cannot drop pixels")
+        ivar = np.array(self.ivar, float)
+        ivar[pixels] = 0.0
+        return self.source.star(ivar)
 
     @property
     def good(self):
@@ -211,7 +222,7 @@ class NoiseModel:
             Q[np.ix_(good, np.arange(r))], c[:r] = q, 1.0 - 1.0 / np.sqrt(1.0 + s**2)
             logdet += float(np.log1p(s**2).sum())
         norm = -0.5 * (good.sum() * np.log(2 * np.pi) + logdet)
-        return StarNoise(isd, Q, c, norm, w, np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0))
+        return StarNoise(isd, Q, c, norm, w, np.where(good, 1.0 / np.where(good, ivar, 1.0), 0.0), ivar, self)
 
     # --------------------------------------------------------------- reporting
     @property

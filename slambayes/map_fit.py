@@ -55,36 +55,39 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     starts : (train_labels (n_train, k), train_models (n_train, n_pix)), the start candidates.
     checks : `slambayes.fit_checks.FitChecks` or None (then only the solver's flags).
     """
-    names = list(space.label_names)
-    k = len(names)
+    space = options.parameter_space(space)
+    names = list(space.names)                     # the labels, then rv_resid when fitted
+    n, k = len(names), space.n_labels
     weights = pixel_weights(ivar, noise.sigma_model)
-    idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), weights, options.n_starts)
+    idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), weights, options.n_starts, options.clip_sigma)
     # one star's Woodbury factors at a time: (n_pix, m) each, so memory stays bounded by one star
     fits = [fit_star(emulator, flux[i], noise.star(ivar[i]), space, starts[0][idx0[i]], options, prior_terms)
             for i in range(flux.shape[0])]
-    values = np.array([f.values for f in fits]).reshape(-1, k)
-    cov_formal = np.array([f.cov for f in fits]).reshape(-1, k, k)
+    values = np.array([f.values for f in fits]).reshape(-1, n)
+    cov_formal = np.array([f.cov for f in fits]).reshape(-1, n, n)
     rchi2 = np.array([f.rchi2 for f in fits])
-    cov_model = np.array([f.cov_model for f in fits]).reshape(-1, k, k)
+    cov_model = np.array([f.cov_model for f in fits]).reshape(-1, n, n)[:, :k, :k]
     share = np.array([f.share for f in fits])
     quality = np.column_stack([rchi2, share])
-    cov = noise.calibrate(cov_formal, cov_model, space.to_std(values), quality)
+    theta_std = space.to_std(values[:, :k])
+    cov = noise.calibrate(cov_formal, cov_model, theta_std, quality)
     flags = np.array([f.flag for f in fits], dtype=np.int16)
     if checks is not None:
-        flags |= checks.flags(space.to_std(values), quality, [f.norm_ratio for f in fits])
+        sigma_std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))[:, :k] / space.scale[:k]
+        flags |= checks.flags(theta_std, quality, [f.norm_ratio for f in fits], sigma_std)
     good = ivar > 0
     with np.errstate(invalid="ignore"):
         snr = np.array([np.median(np.abs(f[g]) * np.sqrt(iv[g])) if g.any() else 0.0
                         for f, iv, g in zip(flux, ivar, good)])
     t = Table()
     t["id"] = np.asarray(ids).astype(str)
-    units = [_fits_unit(un) for un in space.units[:k]]
+    units = [_fits_unit(un) for un in space.units]
     init = starts[0][idx0[:, 0]]
-    for j, n in enumerate(names):
-        t[n] = values[:, j]
-        t[n + "_err"] = np.sqrt(cov[:, j, j])
-        t[n + "_err_formal"] = np.sqrt(cov_formal[:, j, j])
-        for c in (n, n + "_err", n + "_err_formal"):
+    for j, name in enumerate(names):
+        t[name] = values[:, j]
+        t[name + "_err"] = np.sqrt(cov[:, j, j])
+        t[name + "_err_formal"] = np.sqrt(cov_formal[:, j, j])
+        for c in (name, name + "_err", name + "_err_formal"):
             t[c].unit, t[c].description = units[j], space.units[j]
     t["cov"] = cov
     t["cov_formal"] = cov_formal
@@ -93,15 +96,16 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     t["model_share"] = share
     t["rms_resid"] = [f.rms for f in fits]
     t["n_good_pix"] = good.sum(1)
+    t["n_clipped"] = [f.n_clipped for f in fits]
     t["n_downweighted"] = [f.n_down for f in fits]
     t["snr"] = snr
     t["nfev"] = [f.nfev for f in fits]
     t["converged"] = [f.converged for f in fits]
     t["flag"] = flags
     t["status"] = [f.status[:120] for f in fits]
-    for j, n in enumerate(names):
-        t["init_" + n] = init[:, j]
-        t["init_" + n].unit = units[j]
+    for j, name in enumerate(space.label_names):
+        t["init_" + name] = init[:, j]
+        t["init_" + name].unit = units[j]
     return t
 
 
@@ -116,7 +120,7 @@ def _fits_unit(name):
         return None
 
 
-def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, chunk_size, checks):
+def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks):
     h = hashlib.sha256()
     h.update(model_sha.encode())                    # the model itself, not only its training data
     h.update("\n".join(ids).encode())
@@ -127,7 +131,6 @@ def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, ch
     h.update(json.dumps(asdict(options), default=str).encode())
     for idx, mean, L_inv in prior_terms:
         h.update(np.concatenate([idx, mean, L_inv.ravel()]).astype(float).tobytes())
-    h.update(str(chunk_size).encode())
     h.update(json.dumps(checks.describe() if checks is not None else None).encode())
     return h.hexdigest()[:32]
 
@@ -143,7 +146,7 @@ def _ids(spectra, id_column):
 def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto", n_starts=1,
             bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
             output=None, overwrite=False, progress=True, id_column=None, max_nfev=100,
-            jac="analytic", loss="linear", f_scale=1.0):
+            jac="analytic", loss="linear", f_scale=1.0, clip_sigma=5.0, fit_rv=False, rv_window=20.0):
     """Maximum a posteriori labels for every spectrum.
 
     Parameters
@@ -167,13 +170,19 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     loss : "linear" (the Gaussian likelihood exactly), "soft_l1" or "cauchy" (robust: pixels
         whose residual exceeds `f_scale` total σ lose weight)
     f_scale : float > 0, in units of the total per-pixel σ
+    clip_sigma : pixels whose raw residual exceeds this many total σ (times the spectrum's
+        robust residual scale, if > 1) are clipped and the star refit (unflagged cosmic rays,
+        sky residuals; see `slambayes.map_core`); None turns clipping off
+    fit_rv : also fit a residual radial velocity `rv_resid` (km/s, |v| ≤ rv_window) of the
+        model spectrum against the spectrum's rest frame (`slambayes.doppler`); its columns
+        `rv_resid`, `rv_resid_err` follow the labels'; the labels' errors include its correlations
 
     Returns
     -------
     astropy Table, one row per spectrum in input order: `id`, one column per label
     (physical units), `<label>_err` (calibrated), `<label>_err_formal`, `cov` (k, k,
     calibrated), `cov_formal`, `chi2`, `rchi2`, `model_share` (the emulator's share of the pixel
-    variance), `rms_resid`, `n_good_pix`, `n_downweighted`,
+    variance), `rms_resid`, `n_good_pix`, `n_clipped` (pixels clipped as outliers), `n_downweighted`,
     `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`, `init_<label>`. The
     meta (FITS header) holds the noise model (MODELERR, NOISETAG, CALIB, NOISE), the flag bits
     (FLAGS: 1 no data, 2 not converged, 4 at the edge of the training range, 8 error,
@@ -183,10 +192,15 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     from joblib import delayed
 
     check_grid(emulator, spectra)
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be ≥ 1 spectra, not {chunk_size!r}")
+    chunk_size = int(chunk_size)
     noise = NoiseModel.resolve(emulator, model_error, calibration)
     space = LabelSpace.from_emulator(emulator, bounds_pad)
     options = MapOptions(n_starts=int(n_starts), method=method, max_nfev=int(max_nfev), jac=jac,
-                         loss=loss, f_scale=float(f_scale))
+                         loss=loss, f_scale=float(f_scale),
+                         clip_sigma=None if clip_sigma is None else float(clip_sigma),
+                         fit_rv=bool(fit_rv), rv_window=float(rv_window))
     prior_terms = gaussian_prior_terms(prior, space)
     if prior_terms is None:
         raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
@@ -202,10 +216,13 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
                 TRAINSHA=emulator.training_hash_[:32],
                 MODELERR=noise.kind, ERRRANK=noise.rank, NOISETAG=noise.tag, CALIB="out-of-fold" if noise.calibrated else "none",
                 NOISE=noise.describe(), METHOD=method, LOSS=loss, FSCALE=float(f_scale),
+                CLIPSIG=-1.0 if clip_sigma is None else float(clip_sigma),
+                FITRV=bool(fit_rv), RVWINDOW=float(rv_window),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
-    fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, chunk_size, checks)
+    fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return run_chunked(tasks, output=output, fingerprint=fingerprint, meta=meta, n_jobs=n_jobs,
+                           rows=[(s, min(s + chunk_size, spectra.n_star)) for s in range(0, spectra.n_star, chunk_size)],
                            backend="dask" if client is not None else None, progress=progress,
                            overwrite=overwrite)

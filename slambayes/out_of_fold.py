@@ -11,6 +11,7 @@ validates on are never involved: everything here is the training set.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 
@@ -21,7 +22,9 @@ from .label_space import LabelSpace
 from .likelihood import NoiseModel
 from .map_core import MapOptions, fit_star, start_indices
 from .model_covariance import error_factor
+from .spectra import SpectraWarning
 from .svr_training import cv_folds, fit_fold_block, run_pixel_blocks
+from .training_set import check_training_set
 
 __all__ = ["calibrate", "out_of_fold_fits"]
 
@@ -54,7 +57,7 @@ def _fit_held_out(fold, noise, space, options, train_labels, flux, ivar):
     for f, iv in zip(flux, ivar):
         star = noise.star(iv)
         f = np.where(star.good, f, 0.0)
-        start = train_labels[start_indices(models, f[None], star.weights[None], 1)[0]]
+        start = train_labels[start_indices(models, f[None], star.weights[None], 1, options.clip_sigma)[0]]
         fits.append(fit_star(fold, f, star, space, start, options))
     return fits
 
@@ -114,6 +117,10 @@ def calibrate(emulator, spectra, model_error="auto", n_jobs=None, progress=None)
     em._check_fitted()
     if not em.cv or em.cv < 2:
         raise ValueError("calibration needs an emulator trained with cross-validation (cv ≥ 2)")
+    if spectra.labels is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpectraWarning)     # `fit` already said what it dropped
+            spectra = check_training_set(spectra)                # the same stars `fit` trained on
     if spectra.labels is None or training_hash(spectra.labels, spectra.flux, spectra.ivar) != em.training_hash_:
         raise ValueError("calibrate() needs the emulator's own training spectra (with labels): these "
                          "are other spectra (their hash differs from the model's training hash)")

@@ -19,8 +19,11 @@ are optional (see `slambayes.priors.Prior`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from .doppler import DopplerShift
 from .label_space import LabelSpace
 from .likelihood import NoiseModel, StarNoise
 from .map_core import FLAGS, MapOptions, fit_star, gaussian_prior_terms, start_indices
@@ -45,13 +48,16 @@ class Posterior:
     model_error, calibration : see `NoiseModel.resolve` (defaults as in `fit_map`), or a
         resolved `NoiseModel` as `model_error`
     support_pad : fraction of the training range added on each side of the support
+    fit_rv, rv_window : sample a residual radial velocity `rv_resid` (km/s, |v| ≤ rv_window)
+        with the labels, as `fit_map(fit_rv=True)` fits it (`slambayes.doppler`)
 
     Attributes
     ----------
     noise : the `NoiseModel`; space : the `LabelSpace` (labels, then nuisance parameters)
     """
 
-    def __init__(self, emulator, prior=None, model_error="auto", calibration="auto", support_pad=0.0):
+    def __init__(self, emulator, prior=None, model_error="auto", calibration="auto", support_pad=0.0,
+                 fit_rv=False, rv_window=20.0):
         import numpyro
         numpyro.enable_x64()
 
@@ -60,7 +66,10 @@ class Posterior:
         labels = tuple(emulator.label_names_)
         nuisance = {n: tuple(v) for n, v in dict(_prior_attr(prior, "nuisance", {})).items()
                     if n not in labels}
-        space = LabelSpace.from_emulator(emulator, support_pad).with_nuisance(nuisance)
+        # the fit's own parameters (labels, rv_resid) as `fit_star` has them, then the prior's
+        self.map_options = MapOptions(fit_rv=bool(fit_rv), rv_window=float(rv_window))
+        space = self.map_options.parameter_space(LabelSpace.from_emulator(emulator, support_pad))
+        space = space.with_nuisance(nuisance)
         prior_names = tuple(_prior_attr(prior, "label_names", ()))
         missing = [n for n in prior_names if n not in space.names]
         if missing:
@@ -70,6 +79,7 @@ class Posterior:
         self.space = space.cut(_prior_attr(prior, "support", {}))
         self._prior_idx = np.array([self.space.names.index(n) for n in prior_names], int)
         self._predict = emulator.jax_predictor()
+        self._doppler = DopplerShift(emulator.wave_) if fit_rv else None
         self._cache = {}
         # the calibration is a label-space map about the MAP of the likelihood (and Gaussian
         # priors, as in the catalog); under any other prior it would widen what the prior knows
@@ -111,9 +121,12 @@ class Posterior:
             raise ValueError(f"star {_star_id(spectrum)}: only {noise.n_good} good pixel(s)")
         return noise
 
-    def data(self, spectrum):
-        """(flux, isd, Q, c2, norm): the arrays the jax density takes for one star."""
+    def data(self, spectrum, clipped=()):
+        """(flux, isd, Q, c2, norm): the arrays the jax density takes for one star, without
+        the pixels `clipped` by its MAP fit (`find_map(...)["clipped"]`)."""
         noise = self.star_noise(spectrum)
+        if np.size(clipped):
+            noise = noise.without(np.asarray(clipped, int))
         return (np.where(noise.good, spectrum.flux[0], 0.0),) + noise.arrays()
 
     # ----------------------------------------------------- jax densities
@@ -122,6 +135,9 @@ class Posterior:
         import jax.numpy as jnp
 
         model = self._predict(params[..., :self.n_labels])
+        if self._doppler is not None:
+            shift = jnp.vectorize(lambda m, v: self._doppler.shift(m, v, xp=jnp), signature="(n),()->(n)")
+            model = shift(model, params[..., self.n_labels])
         return StarNoise.log_likelihood(flux - model, isd, Q, c2, norm, xp=jnp)
 
     def log_prior(self, params):
@@ -164,9 +180,14 @@ class Posterior:
     # ---------------------------------------------------------------- MAP
     def is_gaussian(self):
         """True when least squares with Gaussian residuals is the exact MAP of this posterior."""
-        return len(self.names) == self.n_labels and gaussian_prior_terms(self.prior, self.space) is not None
+        return len(self.names) == self.n_fit and gaussian_prior_terms(self.prior, self.space) is not None
 
-    def _starts(self, flux, noise):
+    @property
+    def n_fit(self):
+        """How many parameters `fit_star` fits: the labels, and rv_resid with fit_rv."""
+        return self.n_labels + int(self.map_options.fit_rv)
+
+    def _starts(self, flux, noise, cap):
         em = self.emulator
         if not hasattr(em, "X_train_"):
             return self.loc[None, :self.n_labels]
@@ -174,11 +195,11 @@ class Posterior:
             from .map_fit import training_models
             self._cache["train"] = training_models(em)
         labels, models = self._cache["train"]
-        return labels[start_indices(models, flux[None], noise.weights[None], 1)[0]]
+        return labels[start_indices(models, flux[None], noise.weights[None], 1, cap)[0]]
 
-    def find_map(self, spectrum, options=MapOptions()):
+    def find_map(self, spectrum, options=None):
         """MAP and Laplace covariance of one star → dict(names, values, cov, cov_formal, rchi2,
-        flag, method, converged, message, noise).
+        flag, method, converged, message, noise, clipped (pixel indices the fit clipped)).
 
         The labels come from `fit_star` (the catalog's core, with Gaussian priors as
         residuals). A non-Gaussian prior or nuisance parameters: the full log posterior is
@@ -186,27 +207,32 @@ class Posterior:
         is the inverse jax Hessian. `cov` is calibrated as in the catalog (formal under a
         non-Gaussian prior, see `calibrated`).
         """
+        options = self.map_options if options is None else \
+            replace(options, fit_rv=self.map_options.fit_rv, rv_window=self.map_options.rv_window)
         noise = self.star_noise(spectrum)
         flux = np.where(noise.good, spectrum.flux[0], 0.0)
         k = self.n_labels
         terms = gaussian_prior_terms(self.prior, self.space) if self.prior is not None else ()
-        fit = fit_star(self.emulator, flux, noise, self.space.labels_only(), self._starts(flux, noise), options,
-                       terms or ())
-        out = dict(names=self.names, values=fit.values, cov_formal=fit.cov, cov_model=fit.cov_model,
+        fit = fit_star(self.emulator, flux, noise, options.parameter_space(self.space),
+                       self._starts(flux, noise, options.clip_sigma), options, terms or ())
+        out = dict(names=self.names, values=fit.values, cov_formal=fit.cov, cov_model=fit.cov_model[:k, :k],
                    rchi2=fit.rchi2, quality=np.array([fit.rchi2, fit.share]), flag=fit.flag,
-                   method="LM", converged=fit.converged, message=fit.status, noise=self.noise.tag)
+                   method="LM", converged=fit.converged, message=fit.status, noise=self.noise.tag,
+                   clipped=fit.clipped)
         if not self.is_gaussian():
-            out.update(self._polish(fit.values if np.all(np.isfinite(fit.values)) else self.loc[:k],
-                                    (flux,) + noise.arrays()))
-        checks = getattr(self.emulator, "checks_", None)
-        if checks is not None:
-            out["flag"] = int(out["flag"]) | int(checks.flags(self.to_std(out["values"][:k])[None], out["quality"][None],
-                                                               [fit.norm_ratio])[0])
+            kept = noise.without(fit.clipped) if fit.n_clipped else noise
+            out.update(self._polish(fit.values if np.all(np.isfinite(fit.values)) else self.loc[:self.n_fit],
+                                    (np.where(kept.good, flux, 0.0),) + kept.arrays()))
         if self.calibrated:
-            out["cov"] = self.noise.calibrate(out["cov_formal"][None], fit.cov_model[None],
+            out["cov"] = self.noise.calibrate(out["cov_formal"][None], out["cov_model"][None],
                                               self.to_std(out["values"][:k])[None], out["quality"][None])[0]
         else:
             out["cov"] = np.array(out["cov_formal"], float)
+        checks = getattr(self.emulator, "checks_", None)
+        if checks is not None:
+            sigma_std = np.sqrt(np.diag(out["cov"])[:k]) / self.scale[:k]
+            out["flag"] = int(out["flag"]) | int(checks.flags(self.to_std(out["values"][:k])[None], out["quality"][None],
+                                                               [fit.norm_ratio], sigma_std[None])[0])
         return out
 
     def _polish(self, start, data):
@@ -214,7 +240,7 @@ class Posterior:
         import jax
         from scipy.optimize import minimize
 
-        x0 = np.clip(self.to_std(np.r_[start, self.loc[self.n_labels:]]), self.low_std + 1e-6, self.high_std - 1e-6)
+        x0 = np.clip(self.to_std(np.r_[start, self.loc[len(start):]]), self.low_std + 1e-6, self.high_std - 1e-6)
 
         def make():
             f = jax.jit(jax.value_and_grad(lambda t, *d: -self.log_prob_std(t, *d)))
@@ -249,7 +275,7 @@ def _star_id(spectrum):
 
 
 def fit_map_posterior(emulator, spectra, prior=None, model_error="auto", calibration="auto",
-                      support_pad=0.0, progress=True):
+                      support_pad=0.0, progress=True, fit_rv=False):
     """MAP of the full log posterior (any prior) for each spectrum → astropy Table.
 
     Use it for priors that `fit_map` cannot take as Gaussian residuals (Parallax,
@@ -262,7 +288,7 @@ def fit_map_posterior(emulator, spectra, prior=None, model_error="auto", calibra
     from astropy.table import Table
     from tqdm.auto import tqdm
 
-    post = Posterior(emulator, prior, model_error, calibration, support_pad)
+    post = Posterior(emulator, prior, model_error, calibration, support_pad, fit_rv=fit_rv)
     n = len(post.names)
     rows = []
     for i in tqdm(range(spectra.n_star), disable=not progress, desc="MAP (posterior)"):

@@ -14,7 +14,8 @@ at the MAP. The InferenceData holds:
   ``n_steps``, ``acceptance_rate``, ``energy``, ``step_size``;
 - ``log_likelihood``: ``spectrum`` = the noise model's log likelihood, (chain, draw);
 - ``observed_data``: ``flux`` (wave); ``constant_data``: ``ivar``,
-  ``sigma_model``, ``model_map``, ``model_median`` (wave);
+  ``sigma_model``, ``pixel_clipped`` (the pixels the MAP clipped as outliers, left
+  out of the sampled likelihood too), ``model_map``, ``model_median`` (wave);
 - ``posterior.attrs``: the MAP (``map_names``, ``map_values``, ``map_cov`` and
   ``map_cov_formal`` flattened, ``map_rchi2``, ``map_method``), the noise model
   (``noise``, ``noise_model``), the support box (``support_low``/``support_high``)
@@ -203,10 +204,12 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
         log_likelihood={"spectrum": ll},
         observed_data={"flux": np.asarray(flux, float)},
         constant_data={"ivar": np.asarray(ivar, float), "sigma_model": post.noise.sigma_model,
+                       "pixel_clipped": np.isin(np.arange(wave.size), map_row.get("clipped", ())),
                        "model_map": np.asarray(predict(values[:k])),
                        "model_median": np.asarray(predict(median[:k]))},
         coords={"wave": wave},
-        dims={"flux": ["wave"], "ivar": ["wave"], "sigma_model": ["wave"], "model_map": ["wave"],
+        dims={"flux": ["wave"], "ivar": ["wave"], "sigma_model": ["wave"], "pixel_clipped": ["wave"],
+              "model_map": ["wave"],
               "model_median": ["wave"]},
     )
     idata = az.from_dict(**groups)
@@ -232,7 +235,8 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
 
 def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_samples=1000,
            num_chains=4, seed=0, model_error="auto", calibration="auto", chain_method="sequential",
-           num_walkers=32, thin=1, map_row=None, support_pad=0.0, target_accept_prob=0.8, progress=True):
+           num_walkers=32, thin=1, map_row=None, support_pad=0.0, target_accept_prob=0.8, progress=True,
+           fit_rv=False):
     """Sample the posterior of one star's labels.
 
     Parameters
@@ -248,6 +252,8 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
     num_walkers, thin : emcee ensemble size and thinning
     seed : random seed; same inputs and seed give the same draws
     map_row : dict(values, cov) of a known MAP; computed with `Posterior.find_map` if None
+    fit_rv : sample a residual radial velocity `rv_resid` (km/s) with the labels, the
+        density `fit_map(fit_rv=True)` maximizes
 
     Returns
     -------
@@ -256,10 +262,12 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
     post = emulator if isinstance(emulator, Posterior) else \
-        Posterior(emulator, prior, model_error, calibration, support_pad)
-    data = post.data(spectrum)
-    if map_row is None:
-        map_row = post.find_map(spectrum)
+        Posterior(emulator, prior, model_error, calibration, support_pad, fit_rv=fit_rv)
+    if map_row is None or "clipped" not in map_row:
+        # the pixels the MAP clips are left out of the sampled density too (one density)
+        fit = post.find_map(spectrum)
+        map_row = fit if map_row is None else dict(map_row, clipped=fit["clipped"])
+    data = post.data(spectrum, map_row["clipped"])
     t0 = time.perf_counter()
     extra = {}
     if sampler == "nuts":

@@ -62,6 +62,17 @@ def demo_small():
 
 
 @pytest.fixture(scope="session")
+def demo_calibrated(demo_small):
+    """`demo_small`'s emulator (a copy) with its errors calibrated out of fold."""
+    import copy
+
+    from slambayes import calibrate
+
+    em, train = demo_small
+    return calibrate(copy.deepcopy(em), train, progress=False), train
+
+
+@pytest.fixture(scope="session")
 def dwarf_emulator(bench_datasets):
     """Emulator trained (and its errors calibrated) on 600 generated dwarfs (dwarfsim protocol,
     every 4th selected pixel: ~400 px; (C, γ) by 3-fold CV from a 2 × 2 grid) and the dwarfsim split."""

@@ -84,3 +84,51 @@ def test_version_flag():
 
     r = subprocess.run([sys.executable, "-m", "slambayes.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().startswith("slambayes ")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--demo", "50", "--out", "{tmp}/missing/m.npz"], "does not exist"),
+    (["train", "--demo", "50", "--out", "{tmp}"], "is a directory"),
+    (["train", "--demo", "50", "--out", "{tmp}/m.pkl"], "must end in .npz"),
+    (["fit", "--model", "m.npz", "--spectra", "x.npz", "--out", "{tmp}/cat.txt"], "must end in"),
+    (["fit", "--model", "m.npz", "--spectra", "x.npz", "--out", "{tmp}/no/cat.fits"], "does not exist"),
+    (["sample", "--model", "m.npz", "--spectra", "x.npz", "--out", "{tmp}"], "is a directory"),
+    (["demo", "--out", "{tmp}/file.txt"], "is a file"),
+])
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, argv, message):
+    (tmp_path / "file.txt").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*.npz"))              # nothing was trained or written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fit", "--model", "m", "--spectra", "s", "--out", "c.fits", "--n-starts", "0"], "--n-starts: must be ≥ 1"),
+    (["fit", "--model", "m", "--spectra", "s", "--out", "c.fits", "--chunk-size", "-5"], "--chunk-size: must be ≥ 1"),
+    (["fit", "--model", "m", "--spectra", "s", "--out", "c.fits", "--f-scale", "0"], "--f-scale: must be a positive"),
+    (["sample", "--model", "m", "--spectra", "s", "--out", "p.nc", "--num-chains", "0"], "--num-chains: must be ≥ 1"),
+    (["demo", "--n-test", "1"], "--n-test: must be ≥ 2"),
+])
+def test_bad_arguments_say_what_is_allowed(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_interrupt_is_a_clean_stop_with_a_resume_hint(monkeypatch, tmp_path, capsys):
+    import slambayes.cli as cli
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+    real = cli.build_parser
+
+    def parser_with_interrupting_fit():
+        p = real()
+        p._subparsers._group_actions[0].choices["fit"].set_defaults(func=interrupted)
+        return p
+    monkeypatch.setattr(cli, "build_parser", parser_with_interrupting_fit)
+    assert cli.main(["fit", "--model", "m", "--spectra", "s", "--out", str(tmp_path / "c.fits")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
