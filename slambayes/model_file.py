@@ -89,6 +89,22 @@ def save_emulator(em, path):
     tmp.replace(path)   # never leave a half-written model behind
 
 
+def _check_shapes(path, a, k):
+    """Refuse arrays whose shapes do not fit together (a file edited or written by other code)."""
+    n_pix, n_train = a["wave_"].size, a["X_train_"].shape[0] if a["X_train_"].ndim == 2 else -1
+    expect = {"X_train_": (n_train, k), "dual_coef_": (n_pix, n_train), "error_factor_": (n_pix, None)}
+    expect.update({name: (k,) for name in ("label_mean_", "label_std_", "label_min_", "label_max_")})
+    expect.update({name: (n_pix,) for name in ("flux_mean_", "flux_std_", "intercept_", "C_", "gamma_", "cv_mse_",
+                                               "cv_md_", "train_mse_", "noise_var_")})
+    for name, shape in expect.items():
+        got = np.shape(a[name])
+        if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)):
+            want = "(" + ", ".join("m" if e is None else str(e) for e in shape) + ("," if len(shape) == 1 else "") + ")"
+            raise ModelFileError(f"{path}: {name} has shape {got}, expected {want} for {n_pix} pixels, "
+                                 f"{n_train} training stars and {k} labels; the file is damaged or not "
+                                 f"written by slambayes")
+
+
 def load_emulator(cls, path):
     """Read a model file written by `save_emulator` into a new `cls` instance."""
     path = Path(path)
@@ -114,6 +130,7 @@ def load_emulator(cls, path):
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
         raise ModelFileError(f"{path}: corrupted or truncated model file ({exc})") from exc
+    _check_shapes(path, arrays, len(header["label_names"]))
     p = header["params"]
     em = cls(C=tuple(p["C"]), gamma=tuple(p["gamma"]), epsilon=p["epsilon"], cv=p["cv"],
              random_state=p["random_state"], error_rank=p.get("error_rank", 0))

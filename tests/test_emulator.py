@@ -100,6 +100,20 @@ def test_other_schema_version_is_refused(demo_small, tmp_path):
         Emulator.load(other)
 
 
+def test_model_file_with_arrays_of_the_wrong_shape_is_refused(demo_small, tmp_path):
+    em, _ = demo_small
+    path = tmp_path / "model.npz"
+    em.save(path)
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d.files}
+    for name, bad in (("dual_coef_", arrays["dual_coef_"][:, :-1]), ("intercept_", arrays["intercept_"][:10]),
+                      ("X_train_", arrays["X_train_"][:, :2])):
+        other = tmp_path / f"bad_{name}.npz"
+        np.savez(other, **dict(arrays, **{name: bad}))
+        with pytest.raises(ModelFileError, match=f"bad_{name}.npz: {name} has shape"):
+            Emulator.load(other)
+
+
 def test_cv_statistics_and_model_error(demo_small):
     em, _ = demo_small
     assert em.cv_mse_.shape == em.C_.shape == em.gamma_.shape == (em.wave_.size,)
