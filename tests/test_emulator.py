@@ -85,12 +85,17 @@ def test_corrupted_and_truncated_model_files(demo_small, tmp_path):
         Emulator.load(tmp_path / "missing.npz")
 
 
-def test_other_schema_version_is_refused(demo_small, tmp_path):
-    em, _ = demo_small
+def _saved_arrays(em, tmp_path):
+    """The arrays of `em`'s model file, as written."""
     path = tmp_path / "model.npz"
     em.save(path)
     with np.load(path) as d:
-        arrays = {k: d[k] for k in d.files}
+        return {k: d[k] for k in d.files}
+
+
+def test_other_schema_version_is_refused(demo_small, tmp_path):
+    em, _ = demo_small
+    arrays = _saved_arrays(em, tmp_path)
     header = json.loads(str(arrays["header"]))
     header["schema"] = "slambayes.emulator/99"
     arrays["header"] = np.array(json.dumps(header))
@@ -102,10 +107,7 @@ def test_other_schema_version_is_refused(demo_small, tmp_path):
 
 def test_model_file_with_arrays_of_the_wrong_shape_is_refused(demo_small, tmp_path):
     em, _ = demo_small
-    path = tmp_path / "model.npz"
-    em.save(path)
-    with np.load(path) as d:
-        arrays = {k: d[k] for k in d.files}
+    arrays = _saved_arrays(em, tmp_path)
     for name, bad in (("dual_coef_", arrays["dual_coef_"][:, :-1]), ("intercept_", arrays["intercept_"][:10]),
                       ("X_train_", arrays["X_train_"][:, :2])):
         other = tmp_path / f"bad_{name}.npz"
