@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table, vstack
 
+from .progress import bar
+
 __all__ = ["run_chunked", "write_table", "read_table", "CatalogMismatchError"]
 
 
@@ -92,7 +94,6 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
     `fingerprint` identifies the run.
     """
     from joblib import Parallel, parallel_config
-    from tqdm.auto import tqdm
 
     rows = [(i, i + 1) for i in range(len(tasks))] if rows is None else [tuple(map(int, r)) for r in rows]
     n_rows = max((r[1] for r in rows), default=0)
@@ -100,7 +101,7 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
     if output is None:
         with parallel_config(backend=backend) if backend else nullcontext():
             res = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
-            parts = list(tqdm(res, total=len(tasks), desc=desc, unit="chunk", disable=not progress))
+            parts = list(bar(res, progress, total=len(tasks), desc=desc, unit="chunk"))
         out = vstack(parts, metadata_conflicts="silent")
         out.meta.update(meta)
         return out
@@ -134,8 +135,7 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
     with parallel_config(backend=backend) if backend else nullcontext():
         res = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
             _tagged(i, tasks[i]) for i in todo)
-        for i, table in tqdm(res, total=len(todo), initial=0, desc=desc, unit="chunk",
-                             disable=not progress):
+        for i, table in bar(res, progress, total=len(todo), initial=0, desc=desc, unit="chunk"):
             write_table(table, _part_path(parts_dir, rows[i]))
     out = _stack_rows({span: Table.read(path) for span, path in _existing_parts(parts_dir).items()}, n_rows)
     out.meta.clear()

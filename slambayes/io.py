@@ -10,6 +10,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from ._interp import interp_rows
+from .progress import bar
 from .spectra import Spectra
 
 __all__ = ["read_lamost", "read_lamost_file", "read_label_catalog", "join_labels", "SpectrumReadError"]
@@ -117,10 +118,9 @@ def read_lamost(paths, flux="raw", on_error="skip", progress=False):
     paths = _expand_paths(paths)
     if not paths:
         raise FileNotFoundError("no LAMOST files given")
-    from tqdm.auto import tqdm
 
     rows, skipped = [], []
-    for p in tqdm(paths, desc="reading LAMOST", disable=not progress, unit="file"):
+    for p in bar(paths, progress, desc="reading LAMOST", unit="file"):
         try:
             rows.append(read_lamost_file(p, flux=flux))
         except (SpectrumReadError, OSError) as exc:

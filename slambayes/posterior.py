@@ -27,6 +27,7 @@ from .doppler import DopplerShift
 from .label_space import LabelSpace
 from .likelihood import NoiseModel, StarNoise
 from .map_core import FLAGS, MapOptions, fit_star, gaussian_prior_terms, start_indices
+from .progress import bar
 
 __all__ = ["Posterior", "fit_map_posterior"]
 
@@ -286,12 +287,11 @@ def fit_map_posterior(emulator, spectra, prior=None, model_error="auto", calibra
     that fails gets NaN values and its error in `status`.
     """
     from astropy.table import Table
-    from tqdm.auto import tqdm
 
     post = Posterior(emulator, prior, model_error, calibration, support_pad, fit_rv=fit_rv)
     n = len(post.names)
     rows = []
-    for i in tqdm(range(spectra.n_star), disable=not progress, desc="MAP (posterior)"):
+    for i in bar(range(spectra.n_star), progress, desc="MAP (posterior)"):
         try:
             r = post.find_map(spectra[i:i + 1])
         except (ValueError, np.linalg.LinAlgError) as exc:

@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from .posterior import Posterior
+from .progress import bar
 
 __all__ = ["sample", "run_nuts", "run_emcee", "to_inference_data", "map_from_idata"]
 
@@ -93,7 +94,6 @@ def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=
     """
     import jax
     import jax.numpy as jnp
-    from tqdm.auto import tqdm
 
     if chain_method not in ("sequential", "vectorized"):
         raise ValueError(f"chain_method must be 'sequential' or 'vectorized', not {chain_method!r}")
@@ -108,7 +108,7 @@ def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=
         out = [np.asarray(x) for x in many(keys, u0, *args)]
     else:
         runs = [one(keys[c], u0[c], *args)
-                for c in tqdm(range(num_chains), disable=not progress, desc="NUTS chains")]
+                for c in bar(range(num_chains), progress, desc="NUTS chains")]
         out = [np.stack([np.asarray(r[i]) for r in runs]) for i in range(len(runs[0]))]
     u, div, n_steps, acc, energy, pe, step = out
     theta = post.from_unconstrained(u)

@@ -10,6 +10,8 @@ import numpy as np
 from sklearn.model_selection import KFold
 from sklearn.svm import SVR
 
+from .progress import bar
+
 __all__ = ["run_pixel_blocks", "rbf_gram", "cv_pixel", "fit_pixel", "fit_pixel_block", "fit_fold_block", "cv_folds", "PIXEL_STATS"]
 
 # per-pixel results of `fit_pixel_block`, in this order
@@ -137,7 +139,6 @@ def run_pixel_blocks(func, X, Y, G, per_pixel=(), shared=(), block_size=16, n_jo
     from contextlib import nullcontext
 
     from joblib import Parallel, delayed, parallel_config
-    from tqdm.auto import tqdm
 
     starts = range(0, Y.shape[1], block_size)
     task = delayed(func)
@@ -145,6 +146,6 @@ def run_pixel_blocks(func, X, Y, G, per_pixel=(), shared=(), block_size=16, n_jo
         gen = Parallel(n_jobs=n_jobs, return_as="generator")(
             task(X, Y[:, s:s + block_size], G[:, s:s + block_size],
                  *(a[s:s + block_size] for a in per_pixel), *shared) for s in starts)
-        parts = list(tqdm(gen, total=len(starts), desc=desc, unit="block", disable=not progress))
+        parts = list(bar(gen, progress, total=len(starts), desc=desc, unit="block"))
     axes = axes or (0,) * len(parts[0])
     return tuple(np.concatenate([p[i] for p in parts], axis=ax) for i, ax in enumerate(axes))

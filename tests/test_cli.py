@@ -132,3 +132,20 @@ def test_interrupt_is_a_clean_stop_with_a_resume_hint(monkeypatch, tmp_path, cap
     assert cli.main(["fit", "--model", "m", "--spectra", "s", "--out", str(tmp_path / "c.fits")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "run the same command again to resume" in err and "Traceback" not in err
+
+
+def test_progress_bars_show_on_a_terminal_only():
+    import io
+
+    from slambayes.progress import bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    log, term = io.StringIO(), Terminal()
+    assert list(bar(range(3), True, file=log)) == [0, 1, 2] and log.getvalue() == ""    # a log file: no bar
+    list(bar(range(3), True, file=term))
+    assert "3/3" in term.getvalue()
+    quiet = Terminal()
+    list(bar(range(3), False, file=quiet))
+    assert quiet.getvalue() == ""
