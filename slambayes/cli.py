@@ -61,7 +61,7 @@ def check_output(path, kind):
         raise CLIError(f"--out {path} is a directory; give a file name ending in {' or '.join(SUFFIXES[kind])}")
     if not name.endswith(SUFFIXES[kind]):
         raise CLIError(f"--out {path}: a {kind} file must end in {' or '.join(SUFFIXES[kind])}")
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise CLIError(f"--out {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):

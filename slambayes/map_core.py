@@ -199,7 +199,7 @@ class _Problem:
             rs = [self.noise.whiten(self.resid)]
             js = [self.noise.whiten(-J)]
             for idx, mean, L_inv in self.terms:
-                rs.append(L_inv @ (self.space.from_std(theta)[idx] - mean))
+                rs.append(L_inv @ (params[idx] - mean))
                 jp = np.zeros((len(idx), theta.size))
                 jp[:, idx] = L_inv * self.space.scale[idx][None, :]
                 js.append(jp)

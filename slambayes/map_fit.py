@@ -208,9 +208,10 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     starts = training_models(emulator)
     checks = getattr(emulator, "checks_", None)
     ids = _ids(spectra, id_column)
-    tasks = [delayed(fit_chunk)(emulator, spectra.flux[s:s + chunk_size], spectra.ivar[s:s + chunk_size],
-                                ids[s:s + chunk_size], starts, noise, space, options, prior_terms, checks)
-             for s in range(0, spectra.n_star, chunk_size)]
+    spans = [(s, min(s + chunk_size, spectra.n_star)) for s in range(0, spectra.n_star, chunk_size)]
+    tasks = [delayed(fit_chunk)(emulator, spectra.flux[a:b], spectra.ivar[a:b], ids[a:b], starts, noise, space,
+                                options, prior_terms, checks)
+             for a, b in spans]
     model_sha = emulator.model_hash
     meta = dict(LABELS=",".join(space.label_names), MODELSHA=model_sha[:32],
                 TRAINSHA=emulator.training_hash_[:32],
@@ -223,6 +224,6 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return run_chunked(tasks, output=output, fingerprint=fingerprint, meta=meta, n_jobs=n_jobs,
-                           rows=[(s, min(s + chunk_size, spectra.n_star)) for s in range(0, spectra.n_star, chunk_size)],
+                           rows=spans,
                            backend="dask" if client is not None else None, progress=progress,
                            overwrite=overwrite)
