@@ -46,6 +46,26 @@ class Prior:
     def __add__(self, other):
         return ProductPrior((self, other))
 
+    def repr_params(self):
+        """{name: value}: the parameters a reader needs to know which prior this is (its repr,
+        stored with every posterior)."""
+        return {"label_names": list(self.label_names)}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={_short(v)}" for k, v in self.repr_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _short(value):
+    """A compact repr: arrays as lists of 6 significant digits."""
+    import numpy as np
+
+    if isinstance(value, (np.ndarray, list, tuple)) and not all(isinstance(v, str) for v in value):
+        return repr(np.round(np.asarray(value, float), 6).tolist())
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return repr(value)
+
 
 class ProductPrior(Prior):
     """The product of several priors (sum of their log densities)."""
@@ -73,6 +93,9 @@ class ProductPrior(Prior):
                 a, b = out.get(name, (-float("inf"), float("inf")))
                 out[name] = (max(a, lo), min(b, hi))
         return out
+
+    def __repr__(self):
+        return " + ".join(repr(p) for p in self.parts)
 
     def gaussian_terms(self):
         terms = []

@@ -101,6 +101,10 @@ class GalacticModel(Prior):
         self._mean = np.array([[c[3][0], c[4][0]] for c in comps])[:, :len(self.label_names)]
         self._sigma = np.array([[c[3][1], c[4][1]] for c in comps])[:, :len(self.label_names)]
 
+    def repr_params(self):
+        return dict(l_deg=self.l_deg, b_deg=self.b_deg, label_names=list(self.label_names),
+                    weights={k: round(float(v), 4) for k, v in self.weights.items()})
+
     def log_prob(self, values):
         import jax.numpy as jnp
         from jax.scipy.special import logsumexp

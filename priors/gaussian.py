@@ -35,6 +35,11 @@ class Gaussian(Prior):
         self._L = np.linalg.cholesky(self.cov)     # raises if cov is not positive definite
         self._logdet = 2 * np.sum(np.log(np.diag(self._L)))
 
+    def repr_params(self):
+        diag = np.allclose(self.cov, np.diag(np.diag(self.cov)))
+        return dict(label_names=list(self.label_names), mean=self.mean,
+                    **({"sigma": np.sqrt(np.diag(self.cov))} if diag else {"cov": self.cov}))
+
     def log_prob(self, values):
         import jax.numpy as jnp
         import jax.scipy.linalg as jsl

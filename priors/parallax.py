@@ -83,6 +83,11 @@ class Parallax(Prior):
         z = (jnp.log(mass) - np.log(self.mass_median)) / self.mass_sigma_ln
         return -0.5 * z * z - jnp.log(mass * self.mass_sigma_ln * np.sqrt(2 * np.pi))
 
+    def repr_params(self):
+        return dict(parallax_mas=self.parallax, parallax_err_mas=self.parallax_err, mag=self.mag, band=self.band,
+                    extinction=self.extinction, mass=self.mass, mass_median=self.mass_median,
+                    mass_sigma_ln=self.mass_sigma_ln, label_names=list(self.label_names))
+
     def log_prob(self, values):
         import jax.numpy as jnp
 

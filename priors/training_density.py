@@ -52,6 +52,10 @@ class TrainingDensity(Prior):
         self._log_c = (np.log(self.weights_) - np.log(np.diagonal(self._chol, axis1=1, axis2=2)).sum(1)
                        - 0.5 * k * np.log(2 * np.pi) - np.log(self.scale).sum())
 
+    def repr_params(self):
+        return dict(label_names=list(self.label_names), n_components=len(self.weights_),
+                    weights=self.weights_, loc=self.loc, scale=self.scale)
+
     def log_prob(self, values):
         import jax.numpy as jnp
         import jax.scipy.linalg as jsl

@@ -22,6 +22,9 @@ class Uniform(Prior):
             raise ValueError("Uniform prior needs high > low for every label")
         self._log_norm = -float(np.sum(np.log(self.high - self.low)))
 
+    def repr_params(self):
+        return dict(label_names=list(self.label_names), low=self.low, high=self.high)
+
     @classmethod
     def from_emulator(cls, emulator, pad=0.0):
         """The support box of `slambayes.label_space.LabelSpace.from_emulator(emulator, pad)`."""

@@ -42,16 +42,59 @@ def _fmt(path):
 
 
 def write_table(table, path):
-    """Write atomically in the format given by the file name."""
+    """Write atomically in the format given by the file name. In FITS every column with a unit
+    gets its TUNITn (dex too, which astropy has no FITS form for) and every column with a
+    description its TCOMMn."""
     path = Path(path)
     fmt = _fmt(path)
     tmp = path.with_name(path.name + ".tmp" + "".join(path.suffixes[-1:]))
-    table.write(tmp, format=fmt, overwrite=True)
+    if fmt == "fits":
+        _write_fits(table, tmp)
+    else:
+        table.write(tmp, format=fmt, overwrite=True)
     os.replace(tmp, path)
 
 
+def _unit_string(unit):
+    """The unit as FITS writes it, or its generic name where FITS has none (dex)."""
+    try:
+        return unit.to_string("fits")
+    except (ValueError, TypeError):
+        return unit.to_string()
+
+
+def _write_fits(table, path):
+    import warnings
+
+    from astropy.io import fits
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The unit .* could not be saved")   # dex: written below
+        table.write(path, format="fits", overwrite=True)
+    with fits.open(path, mode="update") as hdul:
+        hdr = hdul[1].header
+        for i, name in enumerate(table.colnames, 1):
+            col = table[name]
+            if col.unit is not None and f"TUNIT{i}" not in hdr:
+                hdr.set(f"TUNIT{i}", _unit_string(col.unit), after=f"TFORM{i}")
+            if col.description:
+                text = col.description.encode("ascii", "replace").decode()[:68]
+                hdr.set(f"TCOMM{i}", text, after=f"TUNIT{i}" if f"TUNIT{i}" in hdr else f"TFORM{i}")
+
+
 def read_table(path):
-    return Table.read(path, format=_fmt(path))
+    """Read a catalog; dex units written by `write_table` come back as `astropy.units.dex`."""
+    import warnings
+
+    import astropy.units as u
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        table = Table.read(path, format=_fmt(path))
+    for col in table.itercols():
+        if isinstance(col.unit, u.UnrecognizedUnit) and col.unit.name == "dex":
+            col.unit = u.dex
+    return table
 
 
 def _part_path(parts, span):
@@ -137,7 +180,7 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
             _tagged(i, tasks[i]) for i in todo)
         for i, table in bar(res, progress, total=len(todo), initial=0, desc=desc, unit="chunk"):
             write_table(table, _part_path(parts_dir, rows[i]))
-    out = _stack_rows({span: Table.read(path) for span, path in _existing_parts(parts_dir).items()}, n_rows)
+    out = _stack_rows({span: read_table(path) for span, path in _existing_parts(parts_dir).items()}, n_rows)
     out.meta.clear()
     out.meta.update(meta)
     write_table(out, output)

@@ -13,7 +13,7 @@ from ._interp import interp_rows
 from .progress import bar
 from .spectra import Spectra
 
-__all__ = ["read_lamost", "read_lamost_file", "read_label_catalog", "join_labels", "SpectrumReadError"]
+__all__ = ["read_lamost", "read_lamost_file", "read_files", "read_label_catalog", "join_labels", "SpectrumReadError"]
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +115,35 @@ def read_lamost(paths, flux="raw", on_error="skip", progress=False):
     interpolated onto it). `meta` holds the header values; ``meta.meta['skipped']``
     lists the files that could not be read, with the reason.
     """
+    spectra = read_files(paths, lambda p: read_lamost_file(p, flux=flux), "LAMOST", on_error, progress)
+    spectra.meta.rename_column("cls", "class")
+    spectra.meta.meta["flux"] = flux
+    return spectra
+
+
+def read_files(paths, read_one, survey, on_error="skip", progress=False):
+    """Read files with `read_one(path) -> (wave, flux, ivar, meta dict)` into one `Spectra`.
+
+    A file that raises `SpectrumReadError` or `OSError` is skipped with a warning naming it
+    (``on_error="skip"``, listed in ``meta.meta['skipped']``) or stops the read
+    (``"raise"``). Spectra on other grids than the first good file's are interpolated onto it.
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', not {on_error!r}")
     paths = _expand_paths(paths)
     if not paths:
-        raise FileNotFoundError("no LAMOST files given")
-
+        raise FileNotFoundError(f"no {survey} files given")
     rows, skipped = [], []
-    for p in bar(paths, progress, desc="reading LAMOST", unit="file"):
+    for p in bar(paths, progress, desc=f"reading {survey}", unit="file"):
         try:
-            rows.append(read_lamost_file(p, flux=flux))
+            rows.append(read_one(p))
         except (SpectrumReadError, OSError) as exc:
             if on_error == "raise":
                 raise
             msg = str(exc) if str(p) in str(exc) else f"{p}: {exc}"
             skipped.append(msg)
             log.warning("skipped %s", msg)
-            warnings.warn(f"skipped unreadable file: {msg}", stacklevel=2)
+            warnings.warn(f"skipped unreadable file: {msg}", stacklevel=3)
     if not rows:
         raise SpectrumReadError("none of the files could be read:\n" + "\n".join(skipped))
     wave = rows[0][0]
@@ -142,9 +156,7 @@ def read_lamost(paths, flux="raw", on_error="skip", progress=False):
             fi, ivi = interp_rows(w, f[None], iv[None], wave)
             flux_arr[i], ivar_arr[i] = fi[0], ivi[0]
     meta = Table(rows=[r[3] for r in rows])
-    meta.rename_column("cls", "class")
     meta.meta["skipped"] = skipped
-    meta.meta["flux"] = flux
     return Spectra(wave, flux_arr, ivar_arr, meta=meta)
 
 

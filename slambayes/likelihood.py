@@ -141,6 +141,22 @@ class StarNoise:
         p = rw @ Q
         return -0.5 * (xp.sum(rw * rw, axis=-1) - xp.sum(c2 * p * p, axis=-1)) + norm
 
+    @staticmethod
+    def pointwise_log_likelihood(resid, isd, Q, c2, norm, xp=np):
+        """Per-pixel terms (..., n_pix) that sum to `log_likelihood`: those of the whitened
+        residual e = Σ^(−½) r (e ~ N(0, I) under the model), −½ e_i² + ln isd_i − ½ ln 2π,
+        with the low-rank part of ln det Σ spread evenly over the good pixels. With
+        independent pixels each term is exactly that pixel's log likelihood. Bad pixels
+        (isd = 0) get 0."""
+        rw = resid * isd
+        c = 1.0 - xp.sqrt(1.0 - c2)                 # c2 = 2c − c²
+        e = rw - (rw @ Q * c) @ Q.T
+        good = isd > 0
+        n_good = xp.sum(good)
+        base = xp.where(good, xp.log(xp.where(good, isd, 1.0)) - 0.5 * np.log(2 * np.pi), 0.0)
+        rest = (norm - xp.sum(base)) / n_good
+        return xp.where(good, -0.5 * e * e + base + rest, 0.0)
+
 
 @dataclass(frozen=True)
 class NoiseModel:

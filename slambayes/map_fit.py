@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from dataclasses import asdict
+from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -49,9 +51,10 @@ def training_models(emulator):
     return labels, emulator.predict(labels)
 
 
-def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_terms=(), checks=None):
+def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_terms=(), checks=None, meta=None):
     """Fit a chunk of spectra (arrays (n, n_pix)) → Table (see `fit_map`).
 
+    meta : Table of the chunk's input columns to carry into the catalog (`meta_columns`), or None.
     starts : (train_labels (n_train, k), train_models (n_train, n_pix)), the start candidates.
     checks : `slambayes.fit_checks.FitChecks` or None (then only the solver's flags).
     """
@@ -81,14 +84,18 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
                         for f, iv, g in zip(flux, ivar, good)])
     t = Table()
     t["id"] = np.asarray(ids).astype(str)
-    units = [_fits_unit(un) for un in space.units]
+    if meta is not None:
+        for name in meta.colnames:
+            t[name] = meta[name]
+    units = [u.Unit(un) if un else None for un in space.units]
     init = starts[0][idx0[:, 0]]
     for j, name in enumerate(names):
         t[name] = values[:, j]
         t[name + "_err"] = np.sqrt(cov[:, j, j])
         t[name + "_err_formal"] = np.sqrt(cov_formal[:, j, j])
-        for c in (name, name + "_err", name + "_err_formal"):
-            t[c].unit, t[c].description = units[j], space.units[j]
+        for c, what in ((name, "MAP"), (name + "_err", "calibrated 1-sigma error"),
+                        (name + "_err_formal", "formal 1-sigma error (Eq. 8 likelihood)")):
+            t[c].unit, t[c].description = units[j], f"{name} {what}"
     t["cov"] = cov
     t["cov_formal"] = cov_formal
     t["chi2"] = [f.chi2 for f in fits]
@@ -105,25 +112,46 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     t["status"] = [f.status[:120] for f in fits]
     for j, name in enumerate(space.label_names):
         t["init_" + name] = init[:, j]
-        t["init_" + name].unit = units[j]
+        t["init_" + name].unit, t["init_" + name].description = units[j], f"{name} of the start point"
+    for name, text in COLUMN_NOTES.items():
+        t[name].description = text
     return t
 
 
-def _fits_unit(name):
-    """The unit if FITS can store it (K, km/s); dex has no FITS form, so it stays in
-    the column description instead."""
-    try:
-        unit = u.Unit(name)
-        unit.to_string("fits")
-        return unit
-    except (ValueError, TypeError):
+# what the FITS header's TCOMMn says of the columns that are not labels
+COLUMN_NOTES = {
+    "id": "input identifier", "cov": "label covariance, calibrated (labels in column order)",
+    "cov_formal": "label covariance, formal", "chi2": "chi^2 of the fit (clipped pixels left out)",
+    "rchi2": "reduced chi^2", "model_share": "emulator error share of the pixel variance",
+    "rms_resid": "rms of the whitened residuals", "n_good_pix": "pixels with ivar > 0",
+    "n_clipped": "pixels clipped as outliers", "n_downweighted": "pixels down-weighted by the robust loss",
+    "snr": "median per-pixel S/N", "nfev": "function evaluations", "converged": "the solver converged",
+    "flag": "flag bits, see FLAGS in the header", "status": "the solver's message",
+}
+
+
+def meta_columns(spectra, reserved=(), skip=()):
+    """The input's identifying columns (`Spectra.meta`, one value per star: obsid, designation,
+    ra, dec, snr_*, …) to carry into the catalog; a name the catalog uses itself gets a
+    "meta_" prefix; `skip` names the column the ids came from. None if there are none besides
+    the default row index."""
+    from astropy.table import Table
+
+    m = spectra.meta
+    keep = [n for n in m.colnames if m[n].ndim == 1 and m[n].dtype.kind in "biufUS" and n not in skip
+            and not (n == "index" and m.colnames == ["index"])]
+    if not keep:
         return None
+    return Table({(f"meta_{n}" if n in reserved else n): m[n] for n in keep})
 
 
-def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks):
+def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks, meta):
     h = hashlib.sha256()
     h.update(model_sha.encode())                    # the model itself, not only its training data
     h.update("\n".join(ids).encode())
+    if meta is not None:
+        for name in meta.colnames:
+            h.update(name.encode() + b"\0" + "\n".join(np.asarray(meta[name]).astype(str)).encode())
     h.update(np.ascontiguousarray(spectra.flux).tobytes())
     h.update(np.ascontiguousarray(spectra.ivar).tobytes())
     h.update(noise.describe().encode())
@@ -135,12 +163,20 @@ def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, ch
     return h.hexdigest()[:32]
 
 
+def _catalog_names(space, options):
+    """The columns `fit_chunk` writes itself (an input column of the same name is renamed)."""
+    names = list(options.parameter_space(space).names)
+    return {"id", *COLUMN_NOTES, *names, *(n + "_err" for n in names), *(n + "_err_formal" for n in names),
+            *("init_" + n for n in space.label_names)}
+
+
 def _ids(spectra, id_column):
+    """(ids (n,) str, the meta column they come from or None)."""
     m = spectra.meta
     for name in [id_column] if id_column else ["id", "obsid", "filename", "designation", "index"]:
         if name in m.colnames:
-            return np.asarray(m[name]).astype(str)
-    return np.arange(spectra.n_star).astype(str)
+            return np.asarray(m[name]).astype(str), name
+    return np.arange(spectra.n_star).astype(str), None
 
 
 def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto", n_starts=1,
@@ -179,12 +215,16 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
 
     Returns
     -------
-    astropy Table, one row per spectrum in input order: `id`, one column per label
+    astropy Table, one row per spectrum in input order: `id`, the input's own columns
+    (`Spectra.meta`: obsid, designation, ra, dec, snr_*, …; a name the catalog uses itself
+    gets a "meta_" prefix), one column per label
     (physical units), `<label>_err` (calibrated), `<label>_err_formal`, `cov` (k, k,
     calibrated), `cov_formal`, `chi2`, `rchi2`, `model_share` (the emulator's share of the pixel
     variance), `rms_resid`, `n_good_pix`, `n_clipped` (pixels clipped as outliers), `n_downweighted`,
-    `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`, `init_<label>`. The
-    meta (FITS header) holds the noise model (MODELERR, NOISETAG, CALIB, NOISE), the flag bits
+    `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`, `init_<label>`; every
+    column has a unit where it has one (TUNITn in FITS, "dex" included) and a description
+    (TCOMMn). The meta (FITS header) holds the provenance (DATE of the run in UTC, SLAMBVER,
+    MODELFIL the model file's name, MODELSHA its content hash, TRAINSHA its training set's), the noise model (MODELERR, NOISETAG, CALIB, NOISE), the flag bits
     (FLAGS: 1 no data, 2 not converged, 4 at the edge of the training range, 8 error,
     16 poor fit, 32 out of the training distribution, 64 not normalized, 128 the solver did not
     move from its start) and the limits of the fit checks (CHECKS, see `slambayes.fit_checks`).
@@ -207,20 +247,25 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
                         f"is not Gaussian: use slambayes.fit_map_posterior (jax optimizer) instead")
     starts = training_models(emulator)
     checks = getattr(emulator, "checks_", None)
-    ids = _ids(spectra, id_column)
+    ids, id_from = _ids(spectra, id_column)
+    meta_cols = meta_columns(spectra, reserved=_catalog_names(space, options), skip=(id_from,))
     spans = [(s, min(s + chunk_size, spectra.n_star)) for s in range(0, spectra.n_star, chunk_size)]
     tasks = [delayed(fit_chunk)(emulator, spectra.flux[a:b], spectra.ivar[a:b], ids[a:b], starts, noise, space,
-                                options, prior_terms, checks)
+                                options, prior_terms, checks, None if meta_cols is None else meta_cols[a:b])
              for a, b in spans]
     model_sha = emulator.model_hash
-    meta = dict(LABELS=",".join(space.label_names), MODELSHA=model_sha[:32],
+    from . import __version__
+
+    meta = dict(DATE=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), SLAMBVER=__version__,
+                MODELFIL=Path(getattr(emulator, "model_path_", "") or "(not saved)").name,
+                LABELS=",".join(space.label_names), MODELSHA=model_sha[:32],
                 TRAINSHA=emulator.training_hash_[:32],
                 MODELERR=noise.kind, ERRRANK=noise.rank, NOISETAG=noise.tag, CALIB="out-of-fold" if noise.calibrated else "none",
                 NOISE=noise.describe(), METHOD=method, LOSS=loss, FSCALE=float(f_scale),
                 CLIPSIG=-1.0 if clip_sigma is None else float(clip_sigma),
                 FITRV=bool(fit_rv), RVWINDOW=float(rv_window),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
-    fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks)
+    fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks, meta_cols)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return run_chunked(tasks, output=output, fingerprint=fingerprint, meta=meta, n_jobs=n_jobs,

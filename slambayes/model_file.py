@@ -87,6 +87,7 @@ def save_emulator(em, path):
     with open(tmp, "wb") as fh:
         np.savez(fh, header=np.array(json.dumps(header)), **arrays)
     tmp.replace(path)   # never leave a half-written model behind
+    em.model_path_ = str(path)
 
 
 def _check_shapes(path, a, k):
@@ -147,5 +148,6 @@ def load_emulator(cls, path):
     if checks is not None:
         from .fit_checks import FitChecks
         em.checks_ = FitChecks.from_arrays(checks, em.X_train_)
+    em.model_path_ = str(path)
     em._expansion = None
     return em

@@ -131,15 +131,27 @@ class Posterior:
         return (np.where(noise.good, spectrum.flux[0], 0.0),) + noise.arrays()
 
     # ----------------------------------------------------- jax densities
-    def log_likelihood(self, params, flux, isd, Q, c2, norm):
-        """The noise model's log likelihood for physical parameters (..., n_par) → (...)."""
+    def model_flux(self, params):
+        """The model spectrum (..., n_pix) at physical parameters (..., n_par), jax."""
         import jax.numpy as jnp
 
         model = self._predict(params[..., :self.n_labels])
         if self._doppler is not None:
             shift = jnp.vectorize(lambda m, v: self._doppler.shift(m, v, xp=jnp), signature="(n),()->(n)")
             model = shift(model, params[..., self.n_labels])
-        return StarNoise.log_likelihood(flux - model, isd, Q, c2, norm, xp=jnp)
+        return model
+
+    def log_likelihood(self, params, flux, isd, Q, c2, norm):
+        """The noise model's log likelihood for physical parameters (..., n_par) → (...)."""
+        import jax.numpy as jnp
+
+        return StarNoise.log_likelihood(flux - self.model_flux(params), isd, Q, c2, norm, xp=jnp)
+
+    def pointwise_log_likelihood(self, params, flux, isd, Q, c2, norm):
+        """Per-pixel terms (..., n_pix) of `log_likelihood` (`StarNoise.pointwise_log_likelihood`)."""
+        import jax.numpy as jnp
+
+        return StarNoise.pointwise_log_likelihood(flux - self.model_flux(params), isd, Q, c2, norm, xp=jnp)
 
     def log_prior(self, params):
         if self.prior is None:

@@ -12,7 +12,11 @@ at the MAP. The InferenceData holds:
   in ``posterior_formal``;
 - ``sample_stats``: ``lp`` (log posterior), and for NUTS ``diverging``,
   ``n_steps``, ``acceptance_rate``, ``energy``, ``step_size``;
-- ``log_likelihood``: ``spectrum`` = the noise model's log likelihood, (chain, draw);
+- ``log_likelihood``: ``flux`` (chain, draw, pixel), the noise model's log likelihood per
+  good pixel (`StarNoise.pointwise_log_likelihood`; they sum to the star's), so that
+  ``az.loo`` and ``az.waic`` work;
+- ``posterior_predictive``: ``flux`` (chain, draw, wave), model spectra of every
+  n-th draw (at most `PPC_DRAWS` per chain), for ``az.plot_ppc``;
 - ``observed_data``: ``flux`` (wave); ``constant_data``: ``ivar``,
   ``sigma_model``, ``pixel_clipped`` (the pixels the MAP clipped as outliers, left
   out of the sampled likelihood too), ``model_map``, ``model_median`` (wave);
@@ -20,17 +24,20 @@ at the MAP. The InferenceData holds:
   ``map_cov_formal`` flattened, ``map_rchi2``, ``map_method``), the noise model
   (``noise``, ``noise_model``), the support box (``support_low``/``support_high``)
   and the fraction of draws within 1 % of its edges (``edge_fraction``; `sample`
-  warns above 5 %), and the run settings.
+  warns above 5 %), the star's id (``star_id``), the prior's repr, the model's hashes
+  and the run settings; every group carries ``inference_library`` and its version;
+  each posterior variable its ``units``.
 
 Write it with ``idata.to_netcdf("star.nc")``; `slambayes diagnose star.nc` reads it.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import time
 
 import numpy as np
 
-from .posterior import Posterior
+from .posterior import Posterior, _star_id
 from .progress import bar
 
 __all__ = ["sample", "run_nuts", "run_emcee", "to_inference_data", "map_from_idata"]
@@ -39,6 +46,8 @@ SAMPLERS = ("nuts", "emcee")
 N_DATA = 5              # (flux, isd, Q, c2, norm): `Posterior.data`
 EDGE_TOL = 0.01         # draws within this fraction of the support box count as "at the edge"
 EDGE_WARN = 0.05        # warn when more than this fraction of a parameter's draws is at the edge
+PPC_DRAWS = 100         # posterior-predictive model spectra kept per chain (thinned)
+BATCH = 256             # draws per evaluation of the emulator
 
 
 def _initial_points(post, map_row, n, rng, spread=0.1):
@@ -162,6 +171,17 @@ def map_from_idata(idata):
                 method=str(a["map_method"]), noise=str(a.get("noise", "")))
 
 
+def _batched(post, name, fn, flat, data=()):
+    """fn(flat[i:i+B], *data) over batches of draws (bounds memory: B × n_pix × n_train), jitted once."""
+    import jax
+    import jax.numpy as jnp
+
+    f = post._jitted("batch_" + name, lambda: jax.jit(fn))
+    args = tuple(jnp.asarray(a) for a in data)
+    return np.concatenate([np.asarray(f(jnp.asarray(flat[i:i + BATCH]), *args), float)
+                           for i in range(0, len(flat), BATCH)])
+
+
 def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
     """Build the InferenceData (see module docstring) from standardized draws;
     `ivar` (n_pix,) is the observed inverse variance."""
@@ -172,12 +192,12 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
 
     flux = data[0]
     formal = post.from_std(theta)                                     # (chain, draw, n_par)
-    ll_fn = post._jitted("loglike_batch", lambda: jax.jit(jax.vmap(post.log_likelihood,
-                                                                  in_axes=(0,) + (None,) * N_DATA)))
     flat = formal.reshape(-1, formal.shape[-1])
-    batch = 256                        # bounds memory: batch × n_pix × n_train per evaluation
-    ll = np.concatenate([np.asarray(ll_fn(flat[i:i + batch], *data), float)
-                         for i in range(0, len(flat), batch)]).reshape(formal.shape[:2])
+    good = np.flatnonzero(np.asarray(data[1]) > 0)                    # the pixels the density uses
+    ll = _batched(post, "pointwise", jax.vmap(post.pointwise_log_likelihood, in_axes=(0,) + (None,) * N_DATA),
+                  flat, data)[:, good].reshape(formal.shape[:2] + (good.size,))
+    thin = max(1, formal.shape[1] // PPC_DRAWS)
+    ppc = _batched(post, "model_flux", jax.vmap(post.model_flux), formal[:, ::thin].reshape(-1, formal.shape[-1]))
     k = post.n_labels
     values = np.asarray(map_row["values"], float)
     params = formal.copy()
@@ -201,7 +221,7 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
     groups = dict(
         posterior={n: params[..., i] for i, n in enumerate(post.names)},
         sample_stats=stats,
-        log_likelihood={"spectrum": ll},
+        posterior_predictive={"flux": ppc.reshape(formal.shape[0], -1, wave.size)},
         observed_data={"flux": np.asarray(flux, float)},
         constant_data={"ivar": np.asarray(ivar, float), "sigma_model": post.noise.sigma_model,
                        "pixel_clipped": np.isin(np.arange(wave.size), map_row.get("clipped", ())),
@@ -213,6 +233,13 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
               "model_median": ["wave"]},
     )
     idata = az.from_dict(**groups)
+    # per pixel (the good ones), under the observed variable's name as ArviZ's converters do
+    idata.add_groups(log_likelihood=az.from_dict(log_likelihood={"flux": ll}, coords={"pixel": good},
+                                                 dims={"flux": ["pixel"]}).log_likelihood)
+    for i, name in enumerate(post.names):
+        for group in ("posterior", "posterior_formal"):
+            if group in idata.groups():
+                idata[group][name].attrs["units"] = post.space.units[i]
     if calib is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)          # a non-standard group name
@@ -278,5 +305,10 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
                                       thin, progress)
         extra["acceptance_fraction"] = acc
     attrs = dict(sampler=sampler, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
-                 sampling_time_s=time.perf_counter() - t0, **extra)
-    return to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs)
+                 sampling_time_s=time.perf_counter() - t0, star_id=_star_id(spectrum), **extra)
+    idata = to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs)
+    library = "numpyro" if sampler == "nuts" else "emcee"
+    version = importlib.metadata.version(library)
+    for group in idata.groups():       # as ArviZ's own converters (from_numpyro, from_emcee) mark them
+        idata[group].attrs.update(inference_library=library, inference_library_version=version)
+    return idata

@@ -7,11 +7,29 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-__all__ = ["Spectra", "SpectraWarning"]
+__all__ = ["Spectra", "SpectraWarning", "wave_in_angstrom"]
 
 
 class SpectraWarning(UserWarning):
     """Bad pixels were found and masked (ivar set to 0)."""
+
+
+def wave_in_angstrom(wave):
+    """(wave in Å as floats, reversed?) for a bare array (taken as Å) or an astropy Quantity
+    of any spectral unit (length, frequency, energy, wavenumber): a grid that is increasing in
+    frequency or energy is decreasing in wavelength, and is reversed."""
+    unit = getattr(wave, "unit", None)
+    if unit is None:
+        return np.asarray(wave, dtype=float), False
+    import astropy.units as u
+
+    try:
+        wave = np.asarray(wave.to_value(u.AA, equivalencies=u.spectral()), dtype=float)
+    except u.UnitConversionError:
+        raise ValueError(f"wave has unit {unit!s}, which is not a spectral unit (a length, "
+                         "frequency, energy or wavenumber)") from None
+    flip = wave.ndim == 1 and wave.size > 1 and bool(np.all(np.diff(wave) < 0))
+    return (wave[::-1] if flip else wave), flip
 
 
 def _as_2d(name, a, n_pix):
@@ -30,8 +48,10 @@ class Spectra:
 
     Parameters
     ----------
-    wave : array (n_pix,)
-        Wavelength in Å, strictly increasing.
+    wave : array (n_pix,) or astropy Quantity
+        Wavelength in Å, strictly increasing; a Quantity in any spectral unit (nm, µm,
+        Hz, eV, …) is converted to Å (a grid increasing in frequency is reversed, flux
+        and ivar with it).
     flux : array (n_star, n_pix)
         Flux (any unit; normalized flux after `preprocess.normalize`).
     ivar : array (n_star, n_pix)
@@ -49,7 +69,7 @@ class Spectra:
     """
 
     def __init__(self, wave, flux, ivar, labels=None, label_names=None, meta=None):
-        wave = np.asarray(wave, dtype=float)
+        wave, flip = wave_in_angstrom(wave)
         if wave.ndim != 1 or wave.size < 2:
             raise ValueError(f"wave must be 1-D with at least 2 pixels; got shape {wave.shape}")
         if not np.all(np.isfinite(wave)):
@@ -58,6 +78,8 @@ class Spectra:
             raise ValueError("wave must be strictly increasing (is the spectrum reversed?)")
         flux = _as_2d("flux", flux, wave.size).copy()
         ivar = _as_2d("ivar", ivar, wave.size).copy()
+        if flip:
+            flux, ivar = flux[:, ::-1].copy(), ivar[:, ::-1].copy()
         if flux.shape != ivar.shape:
             raise ValueError(f"flux {flux.shape} and ivar {ivar.shape} differ in shape")
         bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (np.nan_to_num(ivar, nan=-1.0) < 0)
@@ -181,6 +203,19 @@ class Spectra:
                 label_names = [str(x) for x in d["label_names"]]
             meta = {k[6:]: d[k] for k in d.files if k.startswith("meta__")} or None
             return cls(d["wave"], d["flux"], ivar, labels=labels, label_names=label_names, meta=meta)
+
+    @classmethod
+    def from_specutils(cls, spectrum) -> "Spectra":
+        """From a specutils `Spectrum` (1-D or (n_star, n_pix)) or a list of them on one
+        spectral axis; see `slambayes.specutils_bridge.from_specutils`."""
+        from .specutils_bridge import from_specutils
+        return from_specutils(spectrum)
+
+    def to_specutils(self):
+        """A specutils `Spectrum` of shape (n_star, n_pix); see
+        `slambayes.specutils_bridge.to_specutils`."""
+        from .specutils_bridge import to_specutils
+        return to_specutils(self)
 
     @classmethod
     def from_table(cls, table, wave, flux_col="flux", ivar_col="ivar", label_names=None) -> "Spectra":

@@ -45,6 +45,14 @@ def test_jax_density_equals_numpy_residuals(demo_small, kind):
     assert abs(chi2_numpy / chi2_dense - 1) < 1e-8
     assert abs(star.norm - norm_dense) < 1e-8 * abs(norm_dense)
     assert (noise.rank > 0) == (kind == "correlated")
+    # the per-pixel terms (InferenceData's log_likelihood, for az.loo) sum to the density
+    theta = jnp.asarray(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05])
+    pointwise = np.asarray(post.pointwise_log_likelihood(theta, *data))
+    assert abs(pointwise.sum() / ll_jax - 1) < 1e-10 and np.all(pointwise[~star.good] == 0)
+    if kind == "cv":     # independent pixels: each term is that pixel's Gaussian log density
+        sd = 1 / np.sqrt(star.weights[g])
+        np.testing.assert_allclose(pointwise[g], -0.5 * (r[g] / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi),
+                                   rtol=1e-10)
 
 
 def test_resolution_of_the_settings(demo_small):

@@ -337,3 +337,38 @@ def test_a_resumed_run_refuses_another_model_or_other_ids(demo_small, tmp_path):
         fit_map(em, renamed, output=out, progress=False)
     again = fit_map(em, sp, output=out, progress=False)
     assert np.array_equal(np.asarray(again["teff"]), np.asarray(first["teff"]))
+
+
+def test_fits_catalog_carries_meta_provenance_units_and_comments(demo_small, tmp_path):
+    from astropy.io import fits
+    from astropy.table import Table
+
+    import slambayes
+
+    em, _ = demo_small
+    te = make_demo(4, snr=60.0, seed=21, wave=em.wave_)
+    te.meta["obsid"] = np.arange(4) + 1000
+    te.meta["designation"] = [f"J{i:04d}" for i in range(4)]
+    te.meta["ra"] = np.linspace(10.0, 11.0, 4)
+    te.meta["snr"] = 33.0                    # a name the catalog has: kept as meta_snr
+    out = tmp_path / "cat.fits"
+    fit_map(em, te, output=out, chunk_size=3, progress=False)
+    hdr = fits.getheader(out, 1)
+    assert hdr["SLAMBVER"] == slambayes.__version__ and hdr["MODELSHA"] == em.model_hash[:32]
+    assert hdr["DATE"].startswith("20") and "T" in hdr["DATE"]
+    cat = Table.read(out)                     # plain astropy, no slambayes reader
+    assert list(cat["obsid"]) == [1000, 1001, 1002, 1003] and list(cat["designation"]) == ["J0000", "J0001",
+                                                                                         "J0002", "J0003"]
+    np.testing.assert_allclose(cat["ra"], te.meta["ra"])
+    assert np.all(cat["meta_snr"] == 33.0) and cat["snr"][0] != 33.0
+    for name in em.label_names_:
+        for col in (name, name + "_err", name + "_err_formal"):
+            assert cat[col].unit is not None, col
+    assert str(cat["logg"].unit) == "dex" and str(cat["teff"].unit) == "K"
+    names = [hdr[f"TTYPE{i}"] for i in range(1, hdr["TFIELDS"] + 1)]
+    i = names.index("logg") + 1
+    assert hdr[f"TUNIT{i}"] == "dex" and hdr[f"TCOMM{i}"] == "logg MAP"
+    assert hdr[f"TCOMM{names.index('rchi2') + 1}"] == "reduced chi^2"
+    from slambayes.catalog import read_table
+    import astropy.units as u
+    assert read_table(out)["feh"].unit == u.dex

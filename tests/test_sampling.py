@@ -82,8 +82,9 @@ def test_linear_gaussian_posterior_is_exact(toy, sampler):
     m = Posterior(em, prior).find_map(sp)
     assert np.allclose(m["values"], mean, atol=1e-5 * sd.max())
     assert np.allclose(m["cov"], cov, rtol=1e-4, atol=1e-10)
-    assert idata.log_likelihood["spectrum"].shape == (draws.shape[0] // idata.posterior.sizes["draw"],
-                                                      idata.posterior.sizes["draw"])
+    ll = idata.log_likelihood["flux"]
+    assert ll.dims == ("chain", "draw", "pixel") and ll.shape[:2] == (idata.posterior.sizes["chain"],
+                                                                     idata.posterior.sizes["draw"])
 
 
 def test_same_seed_same_draws(toy):
@@ -216,3 +217,34 @@ def test_fit_map_posterior_with_nuisance_mass(demo_small):
     assert list(t.meta["PARAMS"].split(",")) == ["teff", "logg", "feh", "mass"]
     assert np.all(t["converged"]) and np.all(np.isfinite(t["logg_err"]))
     assert t["cov"].shape == (2, 4, 4)
+
+
+def test_inference_data_is_self_describing_and_works_with_loo_and_ppc(demo_calibrated, tmp_path):
+    import arviz as az
+    import matplotlib
+    matplotlib.use("Agg")
+
+    from slambayes.datasets import make_demo
+    from slambayes.priors import Gaussian
+
+    em, train = demo_calibrated
+    star = make_demo(1, snr=60.0, seed=8, wave=em.wave_, ranges=[[5600, 6200], [3.2, 4.0], [-0.6, -0.1]])
+    star.meta["id"] = ["star-42"]
+    prior = Gaussian(["feh"], mean=[-0.3], sigma=[0.2])
+    idata = sample(em, star, prior=prior, num_warmup=150, num_samples=100, num_chains=2, seed=3, progress=False)
+    path = tmp_path / "star.nc"
+    idata.to_netcdf(path)
+    back = az.from_netcdf(path)
+    a = back.posterior.attrs
+    assert a["star_id"] == "star-42" and a["prior"] == repr(prior) == "Gaussian(label_names=['feh'], mean=[-0.3], sigma=[0.2])"
+    assert a["model_hash"] == em.model_hash and a["model_error"] == "correlated"
+    for group in ("posterior", "log_likelihood", "posterior_predictive", "sample_stats"):
+        assert back[group].attrs["inference_library"] == "numpyro", group
+    assert back.posterior["teff"].attrs["units"] == "K" and back.posterior["logg"].attrs["units"] == "dex"
+    n_good = int((star.ivar[0] > 0).sum())
+    assert back.log_likelihood["flux"].shape == (2, 100, n_good)
+    loo = az.loo(back)
+    assert loo.n_data_points == n_good and np.isfinite(loo.elpd_loo)
+    assert back.posterior_predictive["flux"].shape == (2, 100, em.wave_.size)
+    axes = az.plot_ppc(back, num_pp_samples=20)
+    assert np.size(axes) >= 1

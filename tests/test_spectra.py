@@ -78,3 +78,86 @@ def test_not_an_npz_names_the_file(tmp_path):
     p.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="junk.npz"):
         Spectra.from_npz(p)
+
+
+# ----------------------------------------------------------------- units and specutils
+def _three(rng):
+    w = np.linspace(3900.0, 5800.0, 60)
+    f = rng.normal(1.0, 0.05, (3, 60))
+    iv = np.full((3, 60), 400.0)
+    iv[1, 7] = 0.0
+    return w, f, iv
+
+
+def test_wavelength_quantity_in_any_spectral_unit_gives_the_same_spectra(rng):
+    import astropy.units as u
+
+    w, f, iv = _three(rng)
+    ref = Spectra(w, f, iv)
+    for q in (w * u.AA, (w / 10) * u.nm, (w / 1e4) * u.um):
+        s = Spectra(q, f, iv)
+        np.testing.assert_allclose(s.wave, ref.wave, rtol=1e-12)
+        np.testing.assert_array_equal(s.flux, ref.flux)
+    # a grid increasing in frequency is decreasing in wavelength: reversed, flux and ivar with it
+    nu = (w * u.AA).to(u.Hz, equivalencies=u.spectral())[::-1]
+    s = Spectra(nu, f[:, ::-1], iv[:, ::-1])
+    np.testing.assert_allclose(s.wave, w, rtol=1e-12)
+    np.testing.assert_array_equal(s.flux, f)
+    np.testing.assert_array_equal(s.ivar, iv)
+    with pytest.raises(ValueError, match="unit s, which is not a spectral unit"):
+        Spectra(w * u.s, f, iv)
+
+
+def test_specutils_round_trip_keeps_wave_flux_ivar_mask_and_meta(rng):
+    w, f, iv = _three(rng)
+    sp = Spectra(w, f, iv, labels=rng.normal(size=(3, 2)), label_names=["teff", "logg"],
+                 meta={"obsid": [11, 12, 13]})
+    su = sp.to_specutils()
+    assert su.shape == (3, 60) and su.mask.sum() == 1 and su.spectral_axis.unit == "Angstrom"
+    back = Spectra.from_specutils(su)
+    np.testing.assert_array_equal(back.wave, sp.wave)
+    np.testing.assert_array_equal(back.flux, sp.flux)
+    np.testing.assert_array_equal(back.ivar, sp.ivar)
+    np.testing.assert_array_equal(back.labels, sp.labels)
+    assert list(back.meta["obsid"]) == [11, 12, 13] and back.label_names == ["teff", "logg"]
+
+
+def test_from_specutils_list_with_stddev_and_nm_axis(rng):
+    import astropy.units as u
+    from astropy.nddata import StdDevUncertainty
+    from specutils import Spectrum
+
+    w, f, _ = _three(rng)
+    mask = np.zeros(60, bool)
+    mask[3] = True
+    items = [Spectrum(flux=f[i] * u.Jy, spectral_axis=(w / 10) * u.nm, uncertainty=StdDevUncertainty(np.full(60, 0.05)),
+                      mask=mask, meta={"star": f"s{i}", "snr": 20.0}) for i in range(3)]
+    sp = Spectra.from_specutils(items)
+    np.testing.assert_allclose(sp.wave, w, rtol=1e-12)
+    np.testing.assert_allclose(sp.ivar[:, 4], 400.0)
+    assert np.all(sp.ivar[:, 3] == 0) and list(sp.meta["star"]) == ["s0", "s1", "s2"]
+    assert sp.meta.meta["flux_unit"] == "Jy"
+    items[2] = Spectrum(flux=f[2] * u.Jy, spectral_axis=w * u.AA * 1.001, uncertainty=StdDevUncertainty(np.ones(60)))
+    with pytest.raises(ValueError, match="spectrum 2 has a different spectral axis"):
+        Spectra.from_specutils(items)
+    with pytest.raises(ValueError, match="no uncertainty"):
+        Spectra.from_specutils(Spectrum(flux=f[0] * u.Jy, spectral_axis=w * u.AA))
+
+
+def test_fit_map_runs_on_a_spectrum_read_by_specutils(demo_small, tmp_path):
+    from specutils import Spectrum
+
+    from slambayes import fit_map
+    from slambayes.datasets import make_demo
+
+    em, _ = demo_small
+    star = make_demo(1, snr=80.0, seed=5, wave=em.wave_)
+    star.meta.meta["flux_unit"] = "erg / (s cm2 Angstrom)"   # specutils' FITS reader needs a flux unit
+    su = star.to_specutils()
+    Spectrum(flux=su.flux[0], spectral_axis=su.spectral_axis, uncertainty=su.uncertainty[0],
+             mask=su.mask[0]).write(tmp_path / "star.fits", format="tabular-fits")
+    read = Spectra.from_specutils(Spectrum.read(tmp_path / "star.fits", format="tabular-fits"))
+    a, b = fit_map(em, star, progress=False), fit_map(em, read, progress=False)
+    for name in em.label_names_:
+        assert abs(a[name][0] - b[name][0]) < 1e-6 * max(1.0, abs(a[name][0]))
+    assert abs(b["teff"][0] - star.labels[0, 0]) < 4 * b["teff_err"][0]
