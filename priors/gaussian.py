@@ -18,7 +18,7 @@ class Gaussian(Prior):
     """
 
     def __init__(self, label_names, mean, sigma=None, cov=None):
-        self.label_names = tuple(label_names)
+        self.label_names = (label_names,) if isinstance(label_names, str) else tuple(label_names)
         self.mean = np.atleast_1d(np.asarray(mean, float))
         if (sigma is None) == (cov is None):
             raise ValueError("give exactly one of sigma or cov")

@@ -15,7 +15,7 @@ class Uniform(Prior):
     """
 
     def __init__(self, label_names, low, high):
-        self.label_names = tuple(label_names)
+        self.label_names = (label_names,) if isinstance(label_names, str) else tuple(label_names)
         self.low = np.atleast_1d(np.asarray(low, float))
         self.high = np.atleast_1d(np.asarray(high, float))
         if np.any(self.high <= self.low):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("slambayes")
+PROGRESS = [True]          # progress bars (on a terminal); -q turns them off
 
 
 class CLIError(Exception):
@@ -95,7 +97,7 @@ def load_training_set(spectra_paths, labels=None, label_names=None, key="filenam
         return sp
     if labels is None or not label_names:
         raise CLIError("FITS training spectra need --labels CATALOG and --label-names a,b,c")
-    sp = io.read_lamost(paths, progress=True)
+    sp = io.read_lamost(paths, progress=PROGRESS[0])
     sp = io.join_labels(sp, io.read_label_catalog(labels), label_names, key=key)
     if sp.n_star == 0:
         raise CLIError(f"no spectrum matched a row of {labels} by {key!r}")
@@ -118,7 +120,7 @@ def load_fit_set(paths, wave):
             log.warning("resampling %s onto the model grid", paths[0])
             sp = preprocess.resample(sp, wave)
         return sp
-    return preprocess.preprocess_lamost(io.read_lamost(paths, progress=True), wave=wave)
+    return preprocess.preprocess_lamost(io.read_lamost(paths, progress=PROGRESS[0]), wave=wave)
 
 
 # -------------------------------------------------------------------- commands
@@ -133,10 +135,10 @@ def cmd_train(a):
         sp = load_training_set(a.spectra, a.labels, _names(a.label_names) if a.label_names else None, a.key)
     else:
         raise CLIError("give --spectra FILE(s) (with --labels for FITS) or --demo N")
-    print(f"training on {sp.n_star} spectra × {sp.n_pix} pixels, labels {sp.label_names}")
+    log.info("training on %d spectra × %d pixels, labels %s", sp.n_star, sp.n_pix, sp.label_names)
     t0 = time.perf_counter()
     em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
-                  random_state=a.seed, error_rank=a.error_rank).fit(sp)
+                  random_state=a.seed, error_rank=a.error_rank, progress=PROGRESS[0]).fit(sp)
     calib = ""
     if a.calibrate and a.cv >= 2:
         from .out_of_fold import calibrate
@@ -145,8 +147,8 @@ def cmd_train(a):
         calib = ("; error calibration from out-of-fold fits: z-score std "
                  + ", ".join(f"{n} {a0:.2f} → {a1:.2f}" for n, a0, a1 in zip(em.label_names_, z0, z1)))
     em.save(a.out)
-    print(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}{calib}; "
-          f"model written to {a.out}")
+    log.info(f"trained in {time.perf_counter() - t0:.1f} s; median CV MSE {np.nanmedian(em.cv_mse_):.3f}{calib}; "
+             f"model written to {a.out}")
 
 
 def cmd_fit(a):
@@ -166,13 +168,27 @@ def cmd_fit(a):
     cat = fit_map(em, sp, model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, chunk_size=a.chunk_size,
                   n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
                   loss=a.loss, f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
-                  fit_rv=a.fit_rv, rv_window=a.rv_window)
+                  fit_rv=a.fit_rv, rv_window=a.rv_window, progress=PROGRESS[0])
     n_bad = int((cat["flag"] != 0).sum())
-    print(f"{len(cat)} spectra fitted, {n_bad} flagged; catalog written to {a.out}")
+    log.info("%d spectra fitted, %d flagged; catalog written to %s", len(cat), n_bad, a.out)
+
+
+def _prior_value(text):
+    """A number, a name, or a ';'-separated list of either ('teff;logg', '5800;4.4')."""
+    items = [v.strip() for v in text.split(";")]
+    out = []
+    for v in items:
+        try:
+            out.append(float(v))
+        except ValueError:
+            out.append(v)
+    return out if len(items) > 1 else out[0]
 
 
 def parse_prior(text, emulator):
-    """'name' or 'name:key=value,key=value' → a prior object; '+'-joined texts multiply."""
+    """'name' or 'name:key=value,key=value' → a prior object; '+'-joined texts multiply.
+    A value is a number, a name, or a ';'-separated list: 'gaussian:label_names=feh,mean=-0.5,sigma=0.1'
+    or 'gaussian:label_names=teff;logg,mean=5800;4.4,sigma=100;0.1'."""
     from . import priors
 
     parts = []
@@ -183,10 +199,7 @@ def parse_prior(text, emulator):
             key, eq, value = pair.partition("=")
             if not eq:
                 raise CLIError(f"prior argument {pair!r} in {item!r} is not key=value")
-            try:
-                kw[key.strip()] = float(value)
-            except ValueError:
-                kw[key.strip()] = value.strip()
+            kw[key.strip()] = _prior_value(value)
         key = name.lower().replace("_", "")
         if key == "uniform" and not kw:
             parts.append(priors.Uniform.from_emulator(emulator))
@@ -227,14 +240,15 @@ def cmd_sample(a):
     prior = parse_prior(a.prior, em) if a.prior else None
     idata = sample(em, sp, prior=prior, sampler=a.sampler, num_warmup=a.num_warmup,
                    num_samples=a.num_samples, num_chains=a.num_chains, num_walkers=a.num_walkers,
-                   seed=a.seed, model_error=a.model_error, calibration=a.calibration, fit_rv=a.fit_rv)
+                   seed=a.seed, model_error=a.model_error, calibration=a.calibration, fit_rv=a.fit_rv,
+                   progress=PROGRESS[0])
     out = Path(a.out)
     tmp = out.with_name(out.name + ".tmp")
     idata.to_netcdf(str(tmp))
     tmp.replace(out)
-    print(f"{a.sampler}: {idata.posterior.sizes['chain']} × {idata.posterior.sizes['draw']} draws in "
-          f"{idata.posterior.attrs['sampling_time_s']:.1f} s; written to {out}")
-    print(f"next: slambayes diagnose {out}")
+    log.info(f"{a.sampler}: {idata.posterior.sizes['chain']} × {idata.posterior.sizes['draw']} draws in "
+             f"{idata.posterior.attrs['sampling_time_s']:.1f} s; written to {out}")
+    log.info("next: slambayes diagnose %s", out)
 
 
 def cmd_diagnose(a):
@@ -263,7 +277,7 @@ def cmd_diagnose(a):
     out.mkdir(parents=True, exist_ok=True)
     for name, fn in (("corner", plot_corner), ("trace", plot_trace), ("spectrum", plot_spectrum)):
         fn(idata, path=out / f"{name}.png")
-        print(f"wrote {out / (name + '.png')}")
+        log.info("wrote %s", out / (name + ".png"))
 
 
 def cmd_demo(a):
@@ -271,16 +285,18 @@ def cmd_demo(a):
 
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise CLIError(f"--out {a.out} is a file; the demo writes a folder")
-    run_demo(Path(a.out), n_train=a.n_train, n_test=a.n_test, n_jobs=a.n_jobs, seed=a.seed)
+    run_demo(Path(a.out), n_train=a.n_train, n_test=a.n_test, n_jobs=a.n_jobs, seed=a.seed, echo=log.info,
+             progress=PROGRESS[0])
 
 
 def _noise_options(parser):
     from .likelihood import CALIBRATIONS, MODEL_ERRORS
+    from .map_fit import fit_map
 
-    parser.add_argument("--model-error", default="auto", choices=MODEL_ERRORS,
+    parser.add_argument("--model-error", default=_api(fit_map, "model_error"), choices=MODEL_ERRORS,
                         help="auto: correlated if the model has it, else cv (Eq. 8, independent pixels); "
                              "fit and sample share the default")
-    parser.add_argument("--calibration", default="auto", choices=CALIBRATIONS,
+    parser.add_argument("--calibration", default=_api(fit_map, "calibration"), choices=CALIBRATIONS,
                         help="auto: the model's out-of-fold error calibration, if it has one")
 
 
@@ -289,21 +305,38 @@ def _rv_options(parser):
                         help="also fit a residual radial velocity rv_resid (km/s) of the model spectrum")
 
 
+def _api(func, name):
+    """The Python API's default of parameter `name` of `func` (or a class's __init__): the
+    command line takes its defaults from there, so the two never differ."""
+    return inspect.signature(func).parameters[name].default
+
+
+def _grid_help(grid):
+    """Help for a comma-separated grid with its default written as one would type it."""
+    return "comma-separated grid (default: " + ",".join(f"{v:.4g}" for v in grid) + ")%(default).0s"
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="slambayes", description=__doc__)
     from . import __version__
+    from .demo import run_demo
+    from .emulator import Emulator
+    from .map_fit import fit_map
+    from .sampling import sample
 
     p.add_argument("--version", action="version", version=f"slambayes {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
+    loud.add_argument("-q", "--quiet", action="store_true", help="only errors: no messages, warnings or progress bars")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     d = sub.add_parser("demo", help="run the whole journey on the embedded synthetic data", **fmt)
     d.add_argument("--out", default="slambayes-demo", help="output folder")
-    d.add_argument("--n-train", type=_count(20), default=400, help="training spectra (≥ 20)")
-    d.add_argument("--n-test", type=_count(2), default=300, help="test spectra (≥ 2)")
-    d.add_argument("--n-jobs", type=int, default=-1)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-train", type=_count(20), default=_api(run_demo, "n_train"), help="training spectra (≥ 20)")
+    d.add_argument("--n-test", type=_count(2), default=_api(run_demo, "n_test"), help="test spectra (≥ 2)")
+    d.add_argument("--n-jobs", type=int, default=_api(run_demo, "n_jobs"), help="processes (-1: all cores)")
+    d.add_argument("--seed", type=int, default=_api(run_demo, "seed"), help="seed of the synthetic data")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train an emulator", **fmt)
@@ -313,16 +346,18 @@ def build_parser():
     t.add_argument("--key", default="filename", help="catalogue column to join on")
     t.add_argument("--demo", type=_count(0), default=0, metavar="N", help="train on N demo spectra instead")
     t.add_argument("--out", required=True, help="model file to write (.npz)")
-    t.add_argument("--C", type=_floats, default=(1.0, 10.0, 100.0))
-    t.add_argument("--gamma", type=_floats, default=(0.01, 0.1, 1.0))
-    t.add_argument("--epsilon", type=_positive_float, default=0.05)
-    t.add_argument("--cv", type=_count(0), default=5, help="CV folds (0: none; the calibration needs ≥ 2)")
-    t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default="auto",
+    t.add_argument("--C", type=_floats, default=_api(Emulator, "C"), help=_grid_help(_api(Emulator, "C")))
+    t.add_argument("--gamma", type=_floats, default=_api(Emulator, "gamma"), help=_grid_help(_api(Emulator, "gamma")))
+    t.add_argument("--epsilon", type=_positive_float, default=_api(Emulator, "epsilon"),
+                   help="SVR ε (standardized flux)")
+    t.add_argument("--cv", type=_count(0), default=_api(Emulator, "cv"),
+                   help="CV folds (0: none; the calibration needs ≥ 2)")
+    t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default=_api(Emulator, "error_rank"),
                    help="components of the correlated model error kept (0: none; auto: n_train // 5, ≤ 100)")
     t.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="skip the error calibration from out-of-fold fits of the training stars")
-    t.add_argument("--n-jobs", type=int, default=-1)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--n-jobs", type=int, default=_api(Emulator, "n_jobs"), help="processes (-1: all cores)")
+    t.add_argument("--seed", type=int, default=_api(Emulator, "random_state"), help="CV folds' random state")
     t.set_defaults(func=cmd_train)
 
     f = sub.add_parser("fit", help="MAP labels for a batch of spectra", **fmt)
@@ -330,17 +365,19 @@ def build_parser():
     f.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS files/folders")
     f.add_argument("--out", required=True, help="catalog (.fits, .ecsv or .parquet); re-run resumes")
     _noise_options(f)
-    f.add_argument("--n-starts", type=_count(1), default=1)
-    f.add_argument("--loss", default="linear", choices=("linear", "soft_l1", "cauchy"),
+    f.add_argument("--n-starts", type=_count(1), default=_api(fit_map, "n_starts"),
+                   help="start points per star (the best-matching training stars)")
+    f.add_argument("--loss", default=_api(fit_map, "loss"), choices=("linear", "soft_l1", "cauchy"),
                    help="linear: Eq. 8; soft_l1/cauchy: robust against outlier pixels")
-    f.add_argument("--f-scale", type=_positive_float, default=1.0,
+    f.add_argument("--f-scale", type=_positive_float, default=_api(fit_map, "f_scale"),
                    help="residual (in total σ) beyond which a robust loss down-weights a pixel")
-    f.add_argument("--chunk-size", type=_count(1), default=256)
-    f.add_argument("--clip-sigma", type=float, default=5.0,
+    f.add_argument("--chunk-size", type=_count(1), default=_api(fit_map, "chunk_size"),
+                   help="spectra per task (memory is bounded by it)")
+    f.add_argument("--clip-sigma", type=float, default=_api(fit_map, "clip_sigma"),
                    help="clip pixels off by more than this many total σ and refit (0: no clipping)")
     _rv_options(f)
-    f.add_argument("--rv-window", type=_positive_float, default=20.0, help="|rv_resid| bound, km/s")
-    f.add_argument("--n-jobs", type=int, default=1)
+    f.add_argument("--rv-window", type=_positive_float, default=_api(fit_map, "rv_window"), help="|rv_resid| bound, km/s")
+    f.add_argument("--n-jobs", type=int, default=_api(fit_map, "n_jobs"), help="processes (-1: all cores)")
     f.add_argument("--scheduler", help="dask.distributed scheduler address")
     f.add_argument("--overwrite", action="store_true")
     f.set_defaults(func=cmd_fit)
@@ -349,16 +386,18 @@ def build_parser():
     s.add_argument("--model", required=True)
     s.add_argument("--spectra", nargs="+", required=True, help="npz, or LAMOST FITS file(s)")
     s.add_argument("--star", help="id (meta column 'id') or 0-based index, if the input has several")
-    s.add_argument("--prior", help="e.g. 'parallax:parallax_mas=2.1,parallax_err_mas=0.05,mag=11.2' "
+    s.add_argument("--prior", help="e.g. 'parallax:parallax_mas=2.1,parallax_err_mas=0.05,mag=11.2', "
+                                    "'gaussian:label_names=feh,mean=-0.5,sigma=0.1' (lists with ';': "
+                                    "label_names=teff;logg,mean=5800;4.4,sigma=100;0.1) "
                                     "or 'galacticmodel:l_deg=30,b_deg=60+trainingdensity'")
-    s.add_argument("--sampler", default="nuts", choices=("nuts", "emcee"))
-    s.add_argument("--num-warmup", type=_count(0), default=1000)
-    s.add_argument("--num-samples", type=_count(1), default=1000)
-    s.add_argument("--num-chains", type=_count(1), default=4)
-    s.add_argument("--num-walkers", type=_count(2), default=32)
+    s.add_argument("--sampler", default=_api(sample, "sampler"), choices=("nuts", "emcee"))
+    s.add_argument("--num-warmup", type=_count(0), default=_api(sample, "num_warmup"))
+    s.add_argument("--num-samples", type=_count(1), default=_api(sample, "num_samples"))
+    s.add_argument("--num-chains", type=_count(1), default=_api(sample, "num_chains"))
+    s.add_argument("--num-walkers", type=_count(2), default=_api(sample, "num_walkers"))
     _rv_options(s)
     _noise_options(s)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=_api(sample, "seed"), help="random seed of the sampler")
     s.add_argument("--out", required=True, help="netCDF file to write, e.g. star.nc")
     s.set_defaults(func=cmd_sample)
 
@@ -370,10 +409,29 @@ def build_parser():
     return p
 
 
+def configure_logging(quiet=False, verbose=False):
+    """Messages of the `slambayes` logger (and Python warnings) for a command-line run: INFO
+    and below to stdout, warnings and errors to stderr; -q keeps errors only (and turns
+    progress bars off), -v adds DEBUG."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    PROGRESS[0] = not quiet
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in ("slambayes", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [out, err] if name == "slambayes" else [err]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
+    configure_logging(quiet=args.quiet, verbose=args.verbose)
     try:
         args.func(args)
     except KeyboardInterrupt:

@@ -18,10 +18,10 @@ DEMO_GRID = default_grid(step=2.0)          # 951 px: keeps the demo within a fe
 DEMO_SNRS = (10.0, 20.0, 40.0, 80.0)
 
 
-def run_demo(out, n_train=400, n_test=300, n_jobs=-1, seed=0, echo=print):
+def run_demo(out, n_train=400, n_test=300, n_jobs=-1, seed=0, echo=print, progress=True):
     """Train on synthetic spectra at S/N 100, fit held-out ones at several S/N,
     write the catalog, a validation table and plots into `out`. Returns a dict
-    of paths and figures."""
+    of paths and figures. `echo` prints the messages; `progress` shows the bars (on a terminal)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -35,7 +35,7 @@ def run_demo(out, n_train=400, n_test=300, n_jobs=-1, seed=0, echo=print):
     echo(f"[demo] {train.n_star} training and {test.n_star} test spectra "
          f"({train.n_pix} px, synthetic, labels {train.label_names})")
 
-    em = Emulator(C=(3.0, 30.0), gamma=(0.1,), cv=3, n_jobs=n_jobs, random_state=seed).fit(train)
+    em = Emulator(C=(3.0, 30.0), gamma=(0.1,), cv=3, n_jobs=n_jobs, random_state=seed, progress=progress).fit(train)
     calibrate(em, train)
     model_path = out / "demo_model.npz"
     em.save(model_path)
@@ -45,7 +45,7 @@ def run_demo(out, n_train=400, n_test=300, n_jobs=-1, seed=0, echo=print):
 
     t1 = time.perf_counter()
     cat_path = out / "demo_catalog.fits"
-    cat = fit_map(em, test, output=cat_path, overwrite=True, n_jobs=1)
+    cat = fit_map(em, test, output=cat_path, overwrite=True, n_jobs=1, progress=progress)
     dt = time.perf_counter() - t1
     echo(f"[demo] MAP fit of {len(cat)} spectra in {dt:.1f} s ({len(cat) / dt:.0f} spectra/s) → {cat_path}")
 

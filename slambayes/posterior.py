@@ -24,6 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from .doppler import DopplerShift
+from .float64 import in_float64
 from .label_space import LabelSpace
 from .likelihood import NoiseModel, StarNoise
 from .map_core import FLAGS, MapOptions, fit_star, gaussian_prior_terms, start_indices
@@ -57,11 +58,9 @@ class Posterior:
     noise : the `NoiseModel`; space : the `LabelSpace` (labels, then nuisance parameters)
     """
 
+    @in_float64
     def __init__(self, emulator, prior=None, model_error="auto", calibration="auto", support_pad=0.0,
                  fit_rv=False, rv_window=20.0):
-        import numpyro
-        numpyro.enable_x64()
-
         self.emulator, self.prior = emulator, prior
         self.noise = NoiseModel.resolve(emulator, model_error, calibration)
         labels = tuple(emulator.label_names_)
@@ -131,6 +130,7 @@ class Posterior:
         return (np.where(noise.good, spectrum.flux[0], 0.0),) + noise.arrays()
 
     # ----------------------------------------------------- jax densities
+    @in_float64
     def model_flux(self, params):
         """The model spectrum (..., n_pix) at physical parameters (..., n_par), jax."""
         import jax.numpy as jnp
@@ -141,12 +141,14 @@ class Posterior:
             model = shift(model, params[..., self.n_labels])
         return model
 
+    @in_float64
     def log_likelihood(self, params, flux, isd, Q, c2, norm):
         """The noise model's log likelihood for physical parameters (..., n_par) → (...)."""
         import jax.numpy as jnp
 
         return StarNoise.log_likelihood(flux - self.model_flux(params), isd, Q, c2, norm, xp=jnp)
 
+    @in_float64
     def pointwise_log_likelihood(self, params, flux, isd, Q, c2, norm):
         """Per-pixel terms (..., n_pix) of `log_likelihood` (`StarNoise.pointwise_log_likelihood`)."""
         import jax.numpy as jnp
@@ -158,6 +160,7 @@ class Posterior:
             return 0.0
         return self.prior.log_prob(params[..., self._prior_idx])
 
+    @in_float64
     def log_prob_std(self, theta, *data):
         """log likelihood + log prior at standardized parameters θ (..., n_par)."""
         params = self.loc + self.scale * theta
@@ -210,6 +213,7 @@ class Posterior:
         labels, models = self._cache["train"]
         return labels[start_indices(models, flux[None], noise.weights[None], 1, cap)[0]]
 
+    @in_float64
     def find_map(self, spectrum, options=None):
         """MAP and Laplace covariance of one star → dict(names, values, cov, cov_formal, rchi2,
         flag, method, converged, message, noise, clipped (pixel indices the fit clipped)).
@@ -248,6 +252,7 @@ class Posterior:
                                                                [fit.norm_ratio], sigma_std[None])[0])
         return out
 
+    @in_float64
     def _polish(self, start, data):
         """L-BFGS-B on the full log posterior from `start` (labels), nuisance at their loc."""
         import jax
@@ -287,6 +292,7 @@ def _star_id(spectrum):
     return "0"
 
 
+@in_float64
 def fit_map_posterior(emulator, spectra, prior=None, model_error="auto", calibration="auto",
                       support_pad=0.0, progress=True, fit_rv=False):
     """MAP of the full log posterior (any prior) for each spectrum → astropy Table.

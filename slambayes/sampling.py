@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from .float64 import in_float64
 from .posterior import Posterior, _star_id
 from .progress import bar
 
@@ -92,6 +93,7 @@ def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass)
     return jax.jit(chain), jax.jit(jax.vmap(chain, in_axes=(0, 0) + (None,) * N_DATA))
 
 
+@in_float64
 def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
              chain_method="sequential", target_accept_prob=0.8, dense_mass=True, progress=True):
     """NUTS chains → (θ_std (chain, draw, n_par), stats dict of (chain, draw) arrays).
@@ -126,6 +128,7 @@ def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=
     return theta.reshape(num_chains, num_samples, -1), stats
 
 
+@in_float64
 def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walkers=32, seed=0,
               thin=1, progress=True):
     """emcee's affine-invariant ensemble on the same potential as NUTS (vectorized,
@@ -182,6 +185,7 @@ def _batched(post, name, fn, flat, data=()):
                            for i in range(0, len(flat), BATCH)])
 
 
+@in_float64
 def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
     """Build the InferenceData (see module docstring) from standardized draws;
     `ivar` (n_pix,) is the observed inverse variance."""
@@ -260,6 +264,7 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
     return idata
 
 
+@in_float64
 def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_samples=1000,
            num_chains=4, seed=0, model_error="auto", calibration="auto", chain_method="sequential",
            num_walkers=32, thin=1, map_row=None, support_pad=0.0, target_accept_prob=0.8, progress=True,

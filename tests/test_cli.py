@@ -23,6 +23,15 @@ def test_train_and_fit_on_npz(tmp_path, capsys):
     assert len(cat) == 10 and list(cat["id"]) == list(test.meta["id"])
     assert np.median(np.abs(cat["teff"] - test.labels[:, 0])) < 300
     assert "catalog written" in capsys.readouterr().out
+    # -q: nothing but errors (no messages, warnings or progress bars); -v: the messages too
+    fit = ["fit", "--model", str(tmp_path / "m.npz"), "--spectra", str(tmp_path / "test.npz")]
+    assert main(["-q"] + fit + ["--out", str(tmp_path / "quiet.fits")]) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert main(["-q"] + fit + ["--out", str(tmp_path / "nodir" / "x.fits")]) == 2
+    assert "nodir" in capsys.readouterr().err
+    assert main(["-v"] + fit + ["--out", str(tmp_path / "loud.fits")]) == 0
+    assert "catalog written" in capsys.readouterr().out
 
 
 def test_train_on_demo_data(tmp_path):
@@ -149,3 +158,33 @@ def test_progress_bars_show_on_a_terminal_only():
     quiet = Terminal()
     list(bar(range(3), False, file=quiet))
     assert quiet.getvalue() == ""
+
+
+def test_cli_defaults_are_the_api_defaults():
+    import inspect
+
+    from slambayes import Emulator, fit_map, sample
+    from slambayes.cli import build_parser
+
+    p = build_parser()
+    sub = p._subparsers._group_actions[0].choices
+    checks = {"train": (Emulator, {"C": "C", "gamma": "gamma", "epsilon": "epsilon", "cv": "cv", "n_jobs": "n_jobs",
+                                   "error_rank": "error_rank"}),
+              "fit": (fit_map, {"n_starts": "n_starts", "chunk_size": "chunk_size", "n_jobs": "n_jobs", "loss": "loss",
+                                "clip_sigma": "clip_sigma", "model_error": "model_error",
+                                "calibration": "calibration", "rv_window": "rv_window"}),
+              "sample": (sample, {"num_warmup": "num_warmup", "num_samples": "num_samples",
+                                  "num_chains": "num_chains", "sampler": "sampler", "model_error": "model_error"})}
+    for command, (func, names) in checks.items():
+        params = inspect.signature(func).parameters
+        for dest, api in names.items():
+            assert sub[command].get_default(dest) == params[api].default, (command, dest)
+
+
+def test_single_label_gaussian_prior_from_the_command_line():
+    from slambayes.cli import parse_prior
+
+    p = parse_prior("gaussian:label_names=feh,mean=-0.5,sigma=0.1", None)
+    assert p.label_names == ("feh",) and p.mean.tolist() == [-0.5] and np.allclose(p.cov, [[0.01]])
+    q = parse_prior("gaussian:label_names=teff;logg,mean=5800;4.4,sigma=100;0.1", None)
+    assert q.label_names == ("teff", "logg") and np.allclose(np.sqrt(np.diag(q.cov)), [100, 0.1])

@@ -248,3 +248,30 @@ def test_inference_data_is_self_describing_and_works_with_loo_and_ppc(demo_calib
     assert back.posterior_predictive["flux"].shape == (2, 100, em.wave_.size)
     axes = az.plot_ppc(back, num_pp_samples=20)
     assert np.size(axes) >= 1
+
+
+def test_posterior_does_not_switch_the_session_to_float64():
+    """slambayes runs its jax code in float64 inside its own calls; the user's session keeps its setting."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from slambayes import Emulator, Posterior, sample
+        from slambayes.datasets import make_demo
+        from slambayes.preprocess import default_grid
+        wave = default_grid(5000.0, 5200.0, 4.0)
+        em = Emulator(C=(10.0,), gamma=(0.3,), cv=0, n_jobs=1, progress=False).fit(make_demo(60, seed=1, wave=wave))
+        star = make_demo(1, snr=50.0, seed=2, wave=wave)
+        post = Posterior(em, calibration="none")
+        m = post.find_map(star)
+        ll = post.log_likelihood(jnp.asarray(m["values"]), *post.data(star))
+        idata = sample(post, star, num_warmup=30, num_samples=20, num_chains=1, progress=False)
+        assert not jax.config.jax_enable_x64, "the session was switched to float64"
+        assert jnp.ones(1).dtype == jnp.float32
+        assert ll.dtype == jnp.float64 and idata.posterior["teff"].dtype == np.float64
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
