@@ -8,14 +8,16 @@ only the chunks whose rows no part holds yet, whatever the chunk size of
 either run; when every row is there they are stacked in input order into
 `<output>` (again atomically) and the parts are removed. A manifest holds a
 fingerprint of the run (what determines the results, not how the work is cut)
-so that parts of a different run are never mixed in.
+so that parts of a different run are never mixed in; a lock on the parts folder
+refuses a second run on the same output while one is writing it, and a part
+damaged outside slambayes is fitted again.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from astropy.table import Table, vstack
 
 from .progress import bar
 
-__all__ = ["run_chunked", "write_table", "read_table", "CatalogMismatchError"]
+__all__ = ["run_chunked", "write_table", "read_table", "CatalogMismatchError", "CatalogLockedError"]
 
 
 class CatalogMismatchError(RuntimeError):
@@ -152,40 +154,107 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
     output = Path(output)
     _fmt(output)  # fail early on an unknown format
     parts_dir = output.with_name(output.name + ".parts")
-    manifest = parts_dir / "manifest.json"
     if overwrite:
         shutil.rmtree(parts_dir, ignore_errors=True)
         output.unlink(missing_ok=True)
     if output.exists():
-        done = read_table(output)
+        done = _read_finished(output)
         if done.meta.get("FINGERPR") == fingerprint:
             return done
         raise CatalogMismatchError(f"{output} exists and comes from a different run; "
                                    f"use overwrite=True (--overwrite) or another name")
     parts_dir.mkdir(parents=True, exist_ok=True)
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old.get("fingerprint") != fingerprint or old.get("n_rows") != n_rows:
-            raise CatalogMismatchError(
-                f"{parts_dir} holds chunks of a different run (other inputs, model or "
-                f"settings); use overwrite=True (--overwrite) to start again")
-    else:
-        manifest.write_text(json.dumps({"fingerprint": fingerprint, "n_rows": n_rows}))
-    covered = np.zeros(n_rows, bool)
-    for start, stop in _existing_parts(parts_dir):
-        covered[start:stop] = True
-    todo = [i for i, (start, stop) in enumerate(rows) if not covered[start:stop].all()]
-    with parallel_config(backend=backend) if backend else nullcontext():
-        res = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-            _tagged(i, tasks[i]) for i in todo)
-        for i, table in bar(res, progress, total=len(todo), initial=0, desc=desc, unit="chunk"):
-            write_table(table, _part_path(parts_dir, rows[i]))
-    out = _stack_rows({span: read_table(path) for span, path in _existing_parts(parts_dir).items()}, n_rows)
-    out.meta.clear()
-    out.meta.update(meta)
-    write_table(out, output)
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    with _locked(parts_dir, output):
+        _check_manifest(parts_dir, fingerprint, n_rows)
+        parts = _readable_parts(parts_dir)
+        covered = np.zeros(n_rows, bool)
+        for start, stop in parts:
+            covered[start:stop] = True
+        todo = [i for i, (start, stop) in enumerate(rows) if not covered[start:stop].all()]
+        with parallel_config(backend=backend) if backend else nullcontext():
+            res = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+                _tagged(i, tasks[i]) for i in todo)
+            for i, table in bar(res, progress, total=len(todo), initial=0, desc=desc, unit="chunk"):
+                write_table(table, _part_path(parts_dir, rows[i]))
+                parts[rows[i]] = table
+        out = _stack_rows(parts, n_rows)
+        out.meta.clear()
+        out.meta.update(meta)
+        write_table(out, output)
+        shutil.rmtree(parts_dir, ignore_errors=True)
     return read_table(output)
+
+
+def _read_finished(output):
+    try:
+        return read_table(output)
+    except Exception as exc:            # astropy raises many types for a damaged file
+        raise CatalogMismatchError(f"{output} exists but cannot be read ({type(exc).__name__}: {exc}); "
+                                   f"it may be truncated: use overwrite=True (--overwrite) to fit again") from None
+
+
+class CatalogLockedError(RuntimeError):
+    """Another run is writing the same output."""
+
+
+@contextmanager
+def _locked(parts_dir, output):
+    """An exclusive lock on the run's parts folder for as long as the run writes (released
+    when the process ends, however it ends); a second run on the same output is refused."""
+    try:
+        import fcntl
+    except ImportError:                 # not POSIX: no locking
+        yield
+        return
+    with open(parts_dir / "lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CatalogLockedError(f"another run is writing {output} (it holds {parts_dir / 'lock'}); "
+                                     f"wait for it to finish, or write to another output") from None
+        yield
+
+
+def _check_manifest(parts_dir, fingerprint, n_rows):
+    """Write the run's manifest, or check that the parts already there belong to this run."""
+    manifest = parts_dir / "manifest.json"
+    if not manifest.exists():
+        tmp = manifest.with_name("manifest.json.tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "n_rows": n_rows}))
+        os.replace(tmp, manifest)
+        return
+    try:
+        old = json.loads(manifest.read_text())
+    except (ValueError, OSError) as exc:
+        raise CatalogMismatchError(f"{manifest} cannot be read ({exc}), so the chunks in {parts_dir} cannot be "
+                                   f"checked against this run; use overwrite=True (--overwrite) to start again") from None
+    if old.get("fingerprint") != fingerprint or old.get("n_rows") != n_rows:
+        raise CatalogMismatchError(
+            f"{parts_dir} holds chunks of a different run (other inputs, model or "
+            f"settings); use overwrite=True (--overwrite) to start again")
+
+
+def _readable_parts(parts_dir):
+    """{(start, stop): Table} of the finished parts; a part that cannot be read (a file damaged
+    outside slambayes: parts are written atomically) is removed, with a warning, and its rows
+    are fitted again."""
+    import logging
+    import warnings
+
+    out = {}
+    for span, path in _existing_parts(parts_dir).items():
+        try:
+            table = read_table(path)
+            if len(table) != span[1] - span[0]:
+                raise ValueError(f"{len(table)} rows, expected {span[1] - span[0]}")
+        except Exception as exc:        # astropy raises many types for a damaged file
+            msg = f"{path} is damaged ({type(exc).__name__}: {exc}); its rows are fitted again"
+            logging.getLogger(__name__).warning(msg)
+            warnings.warn(msg, stacklevel=3)
+            path.unlink(missing_ok=True)
+            continue
+        out[span] = table
+    return out
 
 
 def _tagged(i, task):

@@ -58,6 +58,8 @@ class Emulator:
     intercept_, C_, gamma_ : (n_pix,)
     cv_mse_, cv_md_, train_mse_ : (n_pix,) standardized units
     noise_var_ : (n_pix,) mean training-noise variance, standardized units
+    fold_C_, fold_gamma_ : (n_pix, n_fold) each pixel's (C, γ) chosen without CV fold f,
+        for the out-of-fold models of the calibration (`slambayes.out_of_fold`)
     error_factor_ : (n_pix, m) correlated model error in flux units: Σ_model =
         diag(σ²_cv − Σ_k F²_jk) + F Fᵀ (m ≤ error_rank; m = 0 without CV)
     training_hash_ : str
@@ -93,7 +95,7 @@ class Emulator:
         self.flux_mean_, self.flux_std_ = standardize(spectra.flux, good.astype(float))
         X = (labels - self.label_mean_) / self.label_std_
         Y = (spectra.flux - self.flux_mean_) / self.flux_std_
-        dual, stats, oof = self._train(X, Y, good)
+        dual, stats, oof, self.fold_C_, self.fold_gamma_ = self._train(X, Y, good)
         self.X_train_ = X
         self.dual_coef_ = dual
         for i, name in enumerate(PIXEL_STATS):
@@ -170,6 +172,13 @@ class Emulator:
         f = self.flux_mean_ + self.flux_std_ * f
         J = J * self.flux_std_[:, None] / self.label_std_
         return (f[0], J[0]) if theta.ndim == 1 else (f, J)
+
+    def flux_curvature(self, labels, w):
+        """Σ_j w_j ∂²flux_j/∂labels² (k, k), physical units, at one label vector (k,) for pixel
+        weights w (n_pix,) (e.g. Σ⁻¹ r: the curvature term of the χ² Hessian)."""
+        theta = self.to_std(np.asarray(labels, float))
+        H = self.expansion.weighted_hessian(theta, np.asarray(w, float) * self.flux_std_)
+        return H / np.outer(self.label_std_, self.label_std_)
 
     def jacobian(self, labels):
         """∂flux/∂labels in physical units, (m, n_pix, k) or (n_pix, k)."""

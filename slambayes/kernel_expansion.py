@@ -5,6 +5,7 @@ and training labels X (n_train, k), all in standardized units:
 
     f_j(θ) = b_j + Σ_i A_ji exp(−γ_j ‖X_i − θ‖²)
     ∂f_j/∂θ = Σ_i A_ji 2γ_j (X_i − θ) exp(−γ_j ‖X_i − θ‖²)
+    ∂²f_j/∂θ² = Σ_i A_ji exp(−γ_j ‖X_i − θ‖²) (4γ_j² (θ − X_i)(θ − X_i)ᵀ − 2γ_j I)
 
 Pixels sharing one γ form a group and are evaluated with one matrix product.
 The functions take the array module `xp` (numpy or jax.numpy) so that one
@@ -84,3 +85,20 @@ class KernelExpansion:
         f = xp.concatenate(fs, axis=-1)[..., self.order]
         J = xp.concatenate(js, axis=-1)[..., self.order].swapaxes(-1, -2)
         return f, J.reshape(f.shape + (k,))
+
+    def weighted_hessian(self, theta, w):
+        """Σ_j w_j ∂²f_j/∂θ² (k, k) at one θ (k,) for pixel weights w (n_pix,), numpy: the
+        curvature term of a least-squares Hessian, at the cost of one evaluation of f."""
+        theta, w = np.asarray(theta, float), np.asarray(w, float)
+        w_cat = np.empty_like(w)
+        w_cat[self.order] = w                            # pixels in group order
+        d = theta[None, :] - self.X                      # (n_train, k)
+        d2 = np.sum(d * d, axis=1)
+        H = np.zeros((theta.size, theta.size))
+        start = 0
+        for g, A in zip(self.gammas, self.A_T):
+            n_g = A.shape[1]
+            c = np.exp(-g * d2) * (A @ w_cat[start:start + n_g])          # (n_train,)
+            H += 4.0 * g * g * (d.T * c) @ d - 2.0 * g * c.sum() * np.eye(theta.size)
+            start += n_g
+        return H

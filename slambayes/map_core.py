@@ -8,8 +8,12 @@ out-of-fold calibration for every training star. It minimizes
 
 (Eq. 8 or its correlated form, plus Gaussian priors as extra residuals) with
 `scipy.optimize.least_squares` and the emulator's analytic Jacobian, in
-standardized label space inside the support box. Its covariance is
-(Jᵀ W J)⁻¹ in physical units (W = 1, or the robust loss's IRLS weights).
+standardized label space inside the support box. Its covariance is the inverse
+of the exact Hessian of that objective at the minimum, JᵀΣ⁻¹J − Σ_p (Σ⁻¹r)_p ∇²f_p
+(the emulator's analytic second derivatives: `KernelExpansion.weighted_hessian`),
+i.e. the Laplace approximation of the posterior the samplers explore; the
+Gauss–Newton (JᵀWJ)⁻¹ where the exact one is not positive definite, with a fitted
+rv_resid, and with a robust loss (W its IRLS weights). In physical units.
 A spectrum that cannot be fit gets a `StarFit` with a flag and NaN values,
 never an exception.
 
@@ -206,6 +210,22 @@ class _Problem:
             self._theta, self._r, self._J = theta.copy(), np.concatenate(rs), np.vstack(js)
         return self._r, self._J
 
+    def curvature(self, theta):
+        """Σ_p (Σ⁻¹ r)_p ∂²f_p/∂θ² (n, n) at standardized θ: what the Gauss–Newton Hessian JᵀΣ⁻¹J
+        leaves out of the exact one. Zero for an emulator without `flux_curvature` (a linear
+        one has none) and, for now, with a fitted rv_resid (whose shift has no second
+        derivative here)."""
+        n, k = theta.size, self.space.n_labels
+        out = np.zeros((n, n))
+        curvature = getattr(self.em, "flux_curvature", None)
+        if curvature is None or self.doppler is not None:
+            return out
+        self.eval(theta)
+        u = self.noise.whiten_T(self.noise.whiten(self.resid))
+        scale = self.space.scale[:k]
+        out[:k, :k] = curvature(self.space.from_std(theta)[:k], u) * np.outer(scale, scale)
+        return out
+
 
 def fit_star(emulator, flux, noise, space, starts, options=MapOptions(), prior_terms=()):
     """MAP labels of one spectrum.
@@ -290,6 +310,13 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
     w = np.ones(r.size)
     w[:n_pix] = LOSSES[options.loss]((r[:n_pix] / options.f_scale) ** 2)[1]
     H = J.T @ (w[:, None] * J)
+    if options.loss == "linear":
+        # the exact Hessian of the density the samplers explore, so that the catalog's
+        # covariance is its Laplace approximation; Gauss–Newton where that is not positive
+        # definite (a fit stopped short of a minimum, at the box's edge)
+        exact = H - prob.curvature(theta)
+        if np.all(np.linalg.eigvalsh(exact) > 1e-10 * np.trace(H)):
+            H = exact
     try:
         cov_std = np.linalg.inv(H)
     except np.linalg.LinAlgError:

@@ -23,7 +23,7 @@ ARRAYS = ("wave_", "label_mean_", "label_std_", "label_min_", "label_max_", "flu
           "flux_std_", "X_train_", "dual_coef_", "intercept_", "C_", "gamma_", "cv_mse_",
           "cv_md_", "train_mse_", "noise_var_")
 # optional members (newer files); a file without them loads with no correlated model error
-OPTIONAL_ARRAYS = ("error_factor_",)
+OPTIONAL_ARRAYS = ("error_factor_", "fold_C_", "fold_gamma_")
 PARAMS = ("C", "gamma", "epsilon", "cv", "random_state", "error_rank")
 
 
@@ -93,11 +93,14 @@ def save_emulator(em, path):
 def _check_shapes(path, a, k):
     """Refuse arrays whose shapes do not fit together (a file edited or written by other code)."""
     n_pix, n_train = a["wave_"].size, a["X_train_"].shape[0] if a["X_train_"].ndim == 2 else -1
-    expect = {"X_train_": (n_train, k), "dual_coef_": (n_pix, n_train), "error_factor_": (n_pix, None)}
+    expect = {"X_train_": (n_train, k), "dual_coef_": (n_pix, n_train), "error_factor_": (n_pix, None),
+              "fold_C_": (n_pix, None), "fold_gamma_": (n_pix, None)}
     expect.update({name: (k,) for name in ("label_mean_", "label_std_", "label_min_", "label_max_")})
     expect.update({name: (n_pix,) for name in ("flux_mean_", "flux_std_", "intercept_", "C_", "gamma_", "cv_mse_",
                                                "cv_md_", "train_mse_", "noise_var_")})
     for name, shape in expect.items():
+        if name not in a:          # an optional array an older file lacks
+            continue
         got = np.shape(a[name])
         if len(got) != len(shape) or any(e is not None and g != e for g, e in zip(got, shape)):
             want = "(" + ", ".join("m" if e is None else str(e) for e in shape) + ("," if len(shape) == 1 else "") + ")"
@@ -125,6 +128,9 @@ def load_emulator(cls, path):
             arrays = {k: d[k] for k in ARRAYS}
             n_pix = arrays["wave_"].size
             arrays["error_factor_"] = d["error_factor_"] if "error_factor_" in d.files else np.zeros((n_pix, 0))
+            for k in ("fold_C_", "fold_gamma_"):       # older files: the calibration uses C_, gamma_
+                if k in d.files:
+                    arrays[k] = d[k]
             calib = (d["calib_params_"], d["calib_rho_"], d["calib_X_ref_"]) if "calib_params_" in d.files else None
             checks = d["checks_limits_"] if "checks_limits_" in d.files else None
     except ModelFileError:

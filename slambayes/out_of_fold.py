@@ -1,7 +1,8 @@
 """Out-of-fold MAP fits of the training stars, and the error calibration learned from them.
 
 `calibrate(emulator, train)` re-trains the per-fold SVRs of the CV that chose
-each pixel's (C, γ) (same folds, same hyperparameters), fits every training
+each pixel's (C, γ) (same folds; each fold's model with the (C, γ) that the other
+folds choose, so that the held-out stars never chose their own model), fits every training
 star with the model of the fold that did not see it — through the same noise
 model and MAP core as the survey catalog, with the correlated model error
 learned from the other folds' residuals only — and fits the calibration of
@@ -35,7 +36,11 @@ def _fold_emulators(emulator, spectra, n_jobs, progress):
     good = spectra.good
     Y = (spectra.flux - em.flux_mean_) / em.flux_std_
     folds = cv_folds(spectra.n_star, em.cv, em.random_state)
-    dual, icpt, oof = run_pixel_blocks(fit_fold_block, em.X_train_, Y, good, per_pixel=(em.C_, em.gamma_),
+    # each fold's model gets the (C, γ) chosen without that fold's stars (a model file from
+    # before they were stored: the ones chosen with all folds)
+    C, gamma = (em.fold_C_, em.fold_gamma_) if getattr(em, "fold_C_", None) is not None \
+        and np.shape(em.fold_C_) == (em.wave_.size, len(folds)) else (em.C_, em.gamma_)
+    dual, icpt, oof = run_pixel_blocks(fit_fold_block, em.X_train_, Y, good, per_pixel=(C, gamma),
                                        shared=(em.epsilon, folds), block_size=em.block_size, n_jobs=n_jobs,
                                        backend=em.backend, desc="out-of-fold models", progress=progress,
                                        axes=(1, 1, 0))
@@ -44,6 +49,8 @@ def _fold_emulators(emulator, spectra, n_jobs, progress):
     for f, (tr, te) in enumerate(folds):
         fold = copy.copy(em)
         fold.dual_coef_, fold.intercept_, fold._expansion = dual[f], icpt[f], None
+        if np.ndim(gamma) == 2:
+            fold.C_, fold.gamma_ = C[:, f], gamma[:, f]
         # the correlated error of this fold's model, from the residuals of the other folds only
         F = error_factor(oof[:, tr].T, good[tr], rank) * em.cv_error[:, None] if rank else np.zeros((em.wave_.size, 0))
         out.append((fold, tr, te, F))

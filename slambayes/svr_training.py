@@ -12,7 +12,7 @@ from sklearn.svm import SVR
 
 from .progress import bar
 
-__all__ = ["run_pixel_blocks", "rbf_gram", "cv_pixel", "fit_pixel", "fit_pixel_block", "fit_fold_block", "cv_folds", "PIXEL_STATS"]
+__all__ = ["run_pixel_blocks", "rbf_gram", "cv_pixel", "choice_without_each_fold", "fit_pixel", "fit_pixel_block", "fit_fold_block", "cv_folds", "PIXEL_STATS"]
 
 # per-pixel results of `fit_pixel_block`, in this order
 PIXEL_STATS = ("C", "gamma", "cv_mse", "cv_md", "train_mse", "intercept")
@@ -29,32 +29,50 @@ def cv_pixel(grams, y, good, folds, C_grid, epsilon):
 
     grams : dict γ → (n, n) Gram matrix of all training stars
     y : (n,) standardized flux, good : (n,) bool, folds : list of (train, test) index arrays
-    Returns (mse, md, oof): arrays of shape (n_C, n_γ) with the CV mean squared error
-    and mean difference (prediction − truth) over the held-out good stars, and
-    (n_C, n_γ, n) with each star's out-of-fold residual (0 for a masked star).
+    Returns (mse, md, oof, fold_sse, fold_n): arrays of shape (n_C, n_γ) with the CV mean
+    squared error and mean difference (prediction − truth) over the held-out good stars,
+    (n_C, n_γ, n) with each star's out-of-fold residual (0 for a masked star),
+    (n_C, n_γ, n_fold) the squared residuals summed per held-out fold and (n_fold,) their counts.
     """
     gammas = list(grams)
     mse = np.full((len(C_grid), len(gammas)), np.inf)
     md = np.zeros_like(mse)
     oof = np.zeros(mse.shape + (y.size,))
+    fold_sse = np.zeros(mse.shape + (len(folds),))
+    fold_n = np.array([int(good[te].sum()) if good[tr].sum() >= 2 else 0 for tr, te in folds])
     for jg, g in enumerate(gammas):
         K = grams[g]
         for ic, C in enumerate(C_grid):
             sq, diff, n = 0.0, 0.0, 0
-            for tr, te in folds:
+            for f, (tr, te) in enumerate(folds):
                 tr, te = tr[good[tr]], te[good[te]]
                 if tr.size < 2 or te.size == 0:
                     continue
                 svr = SVR(kernel="precomputed", C=C, epsilon=epsilon).fit(K[np.ix_(tr, tr)], y[tr])
                 r = svr.predict(K[np.ix_(te, tr)]) - y[te]
                 oof[ic, jg, te] = r
+                fold_sse[ic, jg, f] = float(r @ r)
                 sq += float(r @ r)
                 diff += float(r.sum())
                 n += te.size
             if n:
                 mse[ic, jg] = sq / n
                 md[ic, jg] = diff / n
-    return mse, md, oof
+    return mse, md, oof, fold_sse, fold_n
+
+
+def choice_without_each_fold(fold_sse, fold_n):
+    """For each fold f, the grid point (index into the flattened (n_C, n_γ) grid) of least CV
+    MSE over the other folds: the hyperparameters a model for fold f's stars would have been
+    given without looking at them (choosing them on the stars one then tests on makes those
+    stars' residuals look better than a new star's). Returns (n_fold,) ints."""
+    total_sse, total_n = fold_sse.sum(-1), fold_n.sum()
+    out = np.zeros(fold_n.size, int)
+    for f in range(fold_n.size):
+        n = total_n - fold_n[f]
+        mse = (total_sse - fold_sse[..., f]) / n if n > 0 else total_sse
+        out[f] = int(np.argmin(mse))
+    return out
 
 
 def fit_pixel(X, y, good, C, gamma, epsilon):
@@ -66,8 +84,10 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
     """Train a block of pixels.
 
     X : (n, k) standardized labels; Y : (n, p) standardized flux; G : (n, p) bool good
-    Returns (dual (p, n), stats (p, len(PIXEL_STATS)), oof (p, n)): oof holds the
-    out-of-fold residuals of the chosen (C, γ) (zeros without CV or for masked stars).
+    Returns (dual (p, n), stats (p, len(PIXEL_STATS)), oof (p, n), fold_C (p, n_fold),
+    fold_gamma (p, n_fold)): oof holds the out-of-fold residuals of the chosen (C, γ) (zeros
+    without CV or for masked stars); fold_C, fold_gamma the (C, γ) chosen without each fold
+    (`choice_without_each_fold`), for the out-of-fold models of the calibration.
     """
     n, p = Y.shape
     folds = cv_folds(n, cv, seed) if cv else []
@@ -75,6 +95,8 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
     dual = np.zeros((p, n))
     oof = np.zeros((p, n))
     stats = np.full((p, len(PIXEL_STATS)), np.nan)
+    fold_C = np.full((p, len(folds)), C_grid[0])
+    fold_gamma = np.full((p, len(folds)), gamma_grid[0])
     for j in range(p):
         y, good = Y[:, j], G[:, j]
         if good.sum() < 3:
@@ -82,11 +104,13 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
             stats[j] = (C_grid[0], gamma_grid[0], 1.0, 0.0, 1.0, 0.0)
             continue
         if cv:
-            mse, md, res = cv_pixel(grams, y, good, folds, C_grid, epsilon)
+            mse, md, res, fold_sse, fold_n = cv_pixel(grams, y, good, folds, C_grid, epsilon)
             ic, jg = np.unravel_index(np.argmin(mse), mse.shape)
             C, g = C_grid[ic], gamma_grid[jg]
             oof[j] = res[ic, jg]
             cv_mse, cv_md = mse[ic, jg], md[ic, jg]
+            ics, jgs = np.unravel_index(choice_without_each_fold(fold_sse, fold_n), mse.shape)
+            fold_C[j], fold_gamma[j] = np.asarray(C_grid)[ics], np.asarray(gamma_grid)[jgs]
         else:
             C, g, cv_mse, cv_md = C_grid[0], gamma_grid[0], np.nan, np.nan
         svr = fit_pixel(X, y, good, C, g, epsilon)
@@ -94,7 +118,7 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
         dual[j, idx] = svr.dual_coef_[0]
         r = svr.predict(X[good]) - y[good]
         stats[j] = (C, g, cv_mse, cv_md, float(r @ r) / r.size, float(svr.intercept_[0]))
-    return dual, stats, oof
+    return dual, stats, oof, fold_C, fold_gamma
 
 
 def cv_folds(n, cv, seed):
@@ -105,7 +129,8 @@ def cv_folds(n, cv, seed):
 def fit_fold_block(X, Y, G, C, gamma, epsilon, folds):
     """The per-fold SVRs of a block of pixels at their chosen hyperparameters.
 
-    X : (n, k); Y, G : (n, p); C, gamma : (p,); folds : list of (train, test)
+    X : (n, k); Y, G : (n, p); C, gamma : (p,) one choice for all folds, or (p, n_fold) one
+    per fold; folds : list of (train, test)
     Returns (dual (n_fold, p, n), intercept (n_fold, p), oof (p, n)): each fold's dense
     dual coefficients (0 outside its training stars), and every star's out-of-fold
     residual (prediction − truth, standardized; 0 for a masked star).
@@ -120,7 +145,8 @@ def fit_fold_block(X, Y, G, C, gamma, epsilon, folds):
             tr, te = tr[good[tr]], te[good[te]]
             if tr.size < 3:
                 continue
-            svr = SVR(kernel="rbf", C=C[j], gamma=gamma[j], epsilon=epsilon).fit(X[tr], y[tr])
+            Cj, gj = (C[j, f], gamma[j, f]) if np.ndim(C) == 2 else (C[j], gamma[j])
+            svr = SVR(kernel="rbf", C=Cj, gamma=gj, epsilon=epsilon).fit(X[tr], y[tr])
             dual[f, j, tr[svr.support_]] = svr.dual_coef_[0]
             icpt[f, j] = svr.intercept_[0]
             if te.size:

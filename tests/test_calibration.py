@@ -145,3 +145,28 @@ def test_fit_checks_flag_gross_cases_and_spare_normal_stars(demo_calibrated, tmp
     # the cosmic ray is clipped, and what is left is an ordinary good fit
     assert bad["n_clipped"][2] == 1 and bad["flag"][2] == 0 and bad["rchi2"][2] < 1.5
     assert "FLAGS" in bad.meta and "poor_fit" in bad.meta["FLAGS"] and bad.meta["CHECKS"] != "none"
+
+
+def test_out_of_fold_models_do_not_choose_their_hyperparameters_on_their_own_stars():
+    from slambayes.svr_training import choice_without_each_fold
+
+    # grid of 2 × 1 points, 3 folds of 10 stars: point 0 wins overall only because of fold 0
+    fold_sse = np.array([[[0.0, 5.0, 5.0]], [[9.0, 4.0, 4.0]]])      # (n_C, n_γ, n_fold)
+    fold_n = np.array([10, 10, 10])
+    assert np.argmin(fold_sse.sum(-1).ravel()) == 0
+    # without fold 0, point 1 is better (8 < 10); without fold 1 or 2, point 0 (5 < 13)
+    assert choice_without_each_fold(fold_sse, fold_n).tolist() == [1, 0, 0]
+
+
+def test_fold_choices_are_kept_and_saved(demo_small, tmp_path):
+    from slambayes import Emulator
+
+    em, _ = demo_small
+    assert em.fold_C_.shape == (em.wave_.size, em.cv) and em.fold_gamma_.shape == (em.wave_.size, em.cv)
+    assert set(np.unique(em.fold_gamma_)) <= set(em.gamma) and set(np.unique(em.fold_C_)) <= set(em.C)
+    # most pixels choose the same (C, γ) without any one fold
+    same = np.mean(em.fold_gamma_ == em.gamma_[:, None])
+    assert 0.5 < same <= 1.0
+    em.save(tmp_path / "m.npz")
+    back = Emulator.load(tmp_path / "m.npz")
+    assert np.array_equal(back.fold_C_, em.fold_C_) and np.array_equal(back.fold_gamma_, em.fold_gamma_)

@@ -372,3 +372,59 @@ def test_fits_catalog_carries_meta_provenance_units_and_comments(demo_small, tmp
     from slambayes.catalog import read_table
     import astropy.units as u
     assert read_table(out)["feh"].unit == u.dex
+
+
+def test_damaged_outputs_are_refused_or_refitted_with_clear_messages(demo_small, tmp_path):
+    import fcntl
+
+    from slambayes.catalog import CatalogLockedError, CatalogMismatchError
+
+    em, train = demo_small
+    sp = make_demo(6, snr=40.0, seed=31, wave=train.wave)
+    ref = fit_map(em, sp, chunk_size=2, progress=False)
+    out = tmp_path / "cat.fits"
+    parts = tmp_path / "cat.fits.parts"
+    # a second run while one holds the output's lock is refused
+    parts.mkdir()
+    with open(parts / "lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CatalogLockedError, match="another run is writing .*cat.fits"):
+            fit_map(em, sp, output=out, chunk_size=2, progress=False)
+    # an unreadable manifest: the parts cannot be checked, so the run says how to start again
+    (parts / "manifest.json").write_text("")
+    with pytest.raises(CatalogMismatchError, match="manifest.json cannot be read.*--overwrite"):
+        fit_map(em, sp, output=out, chunk_size=2, progress=False)
+    (parts / "manifest.json").unlink()
+    # a part damaged outside slambayes is fitted again, with a warning naming it
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt_after(em, sp, out, n_chunks=2)
+    bad = sorted(parts.glob("rows-*.fits"))[0]
+    bad.write_bytes(bad.read_bytes()[:3000])
+    with pytest.warns(UserWarning, match=f"{bad.name} is damaged"):
+        cat = fit_map(em, sp, output=out, chunk_size=2, progress=False)
+    for name in ("teff", "logg", "feh", "teff_err"):
+        assert np.array_equal(np.asarray(cat[name]), np.asarray(ref[name])), name
+    # a truncated finished catalog is named, with what to do
+    out.write_bytes(out.read_bytes()[:5000])
+    with pytest.raises(CatalogMismatchError, match="cat.fits exists but cannot be read.*--overwrite"):
+        fit_map(em, sp, output=out, chunk_size=2, progress=False)
+
+
+def _interrupt_after(em, sp, out, n_chunks):
+    """Run `fit_map` on `out` and stop it (as Ctrl-C would) after `n_chunks` chunks were written."""
+    import slambayes.catalog as catalog
+
+    real = catalog.write_table
+    written = []
+
+    def write(table, path):
+        real(table, path)
+        written.append(path)
+        if len(written) >= n_chunks and ".parts" in str(path):
+            raise KeyboardInterrupt
+
+    catalog.write_table = write
+    try:
+        fit_map(em, sp, output=out, chunk_size=2, progress=False)
+    finally:
+        catalog.write_table = real
