@@ -85,6 +85,13 @@ class Emulator:
         The set is checked first (`slambayes.training_set.check_training_set`): constant or
         non-finite labels are refused; stars without good pixels, with absurd flux or
         duplicated are dropped with a warning that names them."""
+        for name in ("C", "gamma"):
+            grid = np.atleast_1d(np.asarray(getattr(self, name), float))
+            if grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
+                raise ValueError(f"{name} must be one or more positive numbers (a grid for the CV), "
+                                 f"not {getattr(self, name)!r}")
+        if not (np.isfinite(self.epsilon) and self.epsilon >= 0):
+            raise ValueError(f"epsilon must be a number ≥ 0, not {self.epsilon!r}")
         spectra = check_training_set(spectra, min_stars=max(3, self.cv or 0))
         labels = np.asarray(spectra.labels, float)
         good = spectra.good

@@ -232,6 +232,8 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     from joblib import delayed
 
     check_grid(emulator, spectra)
+    if spectra.n_star == 0:
+        raise ValueError("no spectra to fit (the input holds 0 spectra)")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be ≥ 1 spectra, not {chunk_size!r}")
     chunk_size = int(chunk_size)

@@ -183,12 +183,34 @@ def standardize(x, weights=None, axis=0):
     return mean, std
 
 
+def _drop_without_z(spectra):
+    """The stars whose header redshift is finite; the others are skipped with a warning that
+    names their files (and listed in ``meta.meta['skipped']``), as unreadable files are."""
+    import warnings
+
+    z = np.asarray(spectra.meta["z"], float)
+    bad = ~np.isfinite(z)
+    if not bad.any():
+        return spectra
+    cols = [c for c in ("path", "filename") if c in spectra.meta.colnames]
+    names = spectra.meta[cols[0]] if cols else np.arange(spectra.n_star)
+    msgs = [f"{names[i]}: no finite redshift Z in the header, cannot shift it to its rest frame"
+            for i in np.flatnonzero(bad)]
+    if bad.all():
+        raise ValueError("no star has a finite redshift:\n" + "\n".join(msgs))
+    warnings.warn("skipped " + "; ".join(msgs), stacklevel=3)
+    kept = spectra[~bad]
+    kept.meta.meta["skipped"] = list(spectra.meta.meta.get("skipped", [])) + msgs
+    return kept
+
+
 def preprocess_lamost(spectra, wave=None, rv_kms=None, **normalize_kw):
     """The paper's LAMOST recipe: rest frame (from rv, or the header `z`) →
     `wave` grid (default 3900–5800 Å, 1 Å) → continuum normalization."""
     if rv_kms is None:
         if "z" not in spectra.meta.colnames:
             raise ValueError("no rv_kms given and no 'z' column in meta")
+        spectra = _drop_without_z(spectra)
         rest = to_rest_frame(spectra, z=np.asarray(spectra.meta["z"], float),
                              wave=default_grid() if wave is None else wave)
     else:

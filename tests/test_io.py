@@ -87,3 +87,17 @@ def test_no_readable_file_is_an_error(tmp_path):
     with pytest.warns(UserWarning):
         with pytest.raises(SpectrumReadError, match="none of the files"):
             read_lamost([p])
+
+
+def test_a_file_without_redshift_is_skipped_by_the_preprocessing_naming_it(lamost_dir, tmp_path):
+    from slambayes.preprocess import preprocess_lamost
+
+    srcs = sorted(lamost_dir.iterdir())[:2]
+    with fits.open(srcs[1]) as hdul:
+        del hdul[0].header["Z"]
+        hdul.writeto(tmp_path / "spec-noz.fits")
+    sp = read_lamost([srcs[0], tmp_path / "spec-noz.fits"])
+    assert sp.n_star == 2
+    with pytest.warns(UserWarning, match="spec-noz.fits: no finite redshift Z"):
+        out = preprocess_lamost(sp)
+    assert out.n_star == 1 and "spec-noz.fits" in out.meta.meta["skipped"][-1]

@@ -51,3 +51,22 @@ def test_too_few_usable_stars_is_an_error(small):
     ivar[2:] = 0.0
     with pytest.warns(SpectraWarning), pytest.raises(ValueError, match="at least 3 usable training stars, got 2"):
         check_training_set(small.replace(ivar=ivar))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(C=()), "C must be one or more positive numbers"),
+    (dict(gamma=(0.1, -1.0)), "gamma must be one or more positive numbers"),
+    (dict(epsilon=float("nan")), "epsilon must be a number"),
+])
+def test_hyperparameter_grids_are_checked(kw, message):
+    sp = make_demo(20, seed=1, wave=default_grid(5000.0, 5100.0, 5.0))
+    with pytest.raises(ValueError, match=message):
+        Emulator(cv=2, progress=False, **kw).fit(sp)
+
+
+def test_fitting_no_spectra_is_a_clear_error(demo_small):
+    from slambayes import Spectra, fit_map
+
+    em, _ = demo_small
+    with pytest.raises(ValueError, match="no spectra to fit"):
+        fit_map(em, Spectra(em.wave_, np.empty((0, em.wave_.size)), np.empty((0, em.wave_.size))), progress=False)
