@@ -284,6 +284,13 @@ def outlying_pixels(resid, noise, options):
     return out
 
 
+def _inverse(H):
+    try:
+        return np.linalg.inv(H)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(H)
+
+
 def _fit(emulator, flux, noise, space, starts, options, prior_terms):
     k = len(space.names)
     n_pix = flux.size
@@ -309,18 +316,23 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
     r, J = prob.eval(theta)
     w = np.ones(r.size)
     w[:n_pix] = LOSSES[options.loss]((r[:n_pix] / options.f_scale) ** 2)[1]
-    H = J.T @ (w[:, None] * J)
+    G = J.T @ (w[:, None] * J)
+    cov_gn = _inverse(G)
+    cov_std, cov_model = cov_gn, kept.model_part(J[:n_pix], cov_gn)
     if options.loss == "linear":
         # the exact Hessian of the density the samplers explore, so that the catalog's
         # covariance is its Laplace approximation; Gauss–Newton where that is not positive
         # definite (a fit stopped short of a minimum, at the box's edge)
-        exact = H - prob.curvature(theta)
-        if np.all(np.linalg.eigvalsh(exact) > 1e-10 * np.trace(H)):
-            H = exact
-    try:
-        cov_std = np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        cov_std = np.linalg.pinv(H)
+        exact = G - prob.curvature(theta)
+        if np.all(np.linalg.eigvalsh(exact) > 1e-10 * np.trace(G)):
+            try:
+                # the shares of noise and model error are Gauss–Newton's (they add up to its
+                # covariance), carried to the exact covariance by the map T with T cov_gn Tᵀ = cov
+                cov_exact = _inverse(exact)
+                T = np.linalg.cholesky(cov_exact) @ np.linalg.inv(np.linalg.cholesky(cov_gn))
+                cov_std, cov_model = cov_exact, T @ cov_model @ T.T
+            except np.linalg.LinAlgError:
+                pass
     chi2 = float(r[:n_pix] @ r[:n_pix])
     values = space.from_std(theta)
     edge = bool(space.at_edge(values, options.edge_tol))
@@ -330,7 +342,6 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
         (FLAGS["start_unchanged"] if unchanged else 0)
     good = kept.good
     model = flux - prob.resid
-    cov_model = kept.model_part(J[:n_pix], cov_std)
     return StarFit(values=values, cov=space.cov_to_phys(cov_std), cov_model=space.cov_to_phys(cov_model), chi2=chi2,
                    rchi2=chi2 / max(kept.n_good - k, 1),
                    rms=float(np.sqrt(np.mean(prob.resid[good] ** 2))), nfev=int(nfev),

@@ -82,7 +82,9 @@ def test_gaussian_prior_moves_the_map(demo_small):
     tight = fit_map(em, sp, prior=_Gauss(["logg"], [2.0], [[0.05**2]]), progress=False)
     assert np.all(np.abs(np.asarray(tight["logg"]) - 2.0) < 0.15)
     assert np.all(np.abs(np.asarray(free["logg"]) - 2.0) > 0.5)
-    assert np.all(tight["logg_err"] < 0.05 + 1e-9)
+    # the prior sets the error; the exact Laplace may be a little wider than the prior alone,
+    # where the likelihood is locally concave (far from its own peak, where the prior holds the fit)
+    assert np.all(np.abs(tight["logg_err"] / 0.05 - 1) < 0.03)
     with pytest.raises(KeyError, match="vmacro"):
         fit_map(em, sp, prior=_Gauss(["vmacro"], [1.0], [[1.0]]), progress=False)
 
