@@ -52,7 +52,7 @@ def test_demo_model_calibration_round_trip_and_generated_z_scores(demo_calibrate
     for f in ("a", "w", "c", "X_ref"):
         assert np.array_equal(getattr(back.calibration_, f), getattr(em.calibration_, f))
     # the training set's label distribution, at S/N from below to above the training spectra's 100
-    test = make_demo(300, snr=np.resize([20.0, 50.0, 150.0], 300), seed=34, wave=train.wave)
+    test = make_demo(600, snr=np.resize([20.0, 50.0, 150.0], 600), seed=34, wave=train.wave)
     cat = fit_map(back, test, progress=False)
     assert cat.meta["CALIB"] == "out-of-fold" and cat.meta["NOISETAG"].endswith("+calibrated")
     same = fit_map(em, test, progress=False)
@@ -69,8 +69,10 @@ def test_demo_model_calibration_round_trip_and_generated_z_scores(demo_calibrate
               f"68% coverage {np.round(c['coverage68'], 2)} (formal {np.round(f['coverage68'], 2)})")
         z_std.append((c["z_std"], f["z_std"]))
     cal_z, formal_z = np.array(z_std).transpose(1, 0, 2)
-    # ~100 stars per S/N: a z-std is known to ±0.1, hence 1.3 (the formal ones reach 2)
-    assert np.all((cal_z > 0.8) & (cal_z < 1.3)) and np.all(np.abs(cal_z - 1) < np.abs(formal_z - 1))
+    # ~200 stars per S/N: a z-std is known to ±0.07 (heavier tails: ±0.1), hence 1.3 (the formal ones reach 2)
+    # and closer to 1 than the formal ones, or as close as the z-std can be told (0.1) where
+    # those are already right (faint stars, whose error is the noise's)
+    assert np.all((cal_z > 0.8) & (cal_z < 1.3)) and np.all(np.abs(cal_z - 1) < np.maximum(np.abs(formal_z - 1), 0.1))
     assert np.all(err[ok] >= 0.5 * formal[ok])
 
 

@@ -38,7 +38,8 @@ def test_jax_density_equals_numpy_residuals(demo_small, kind):
     norm_dense = -0.5 * (g.sum() * np.log(2 * np.pi) + np.linalg.slogdet(cov)[1])
     post = Posterior(em, model_error=kind, calibration="none")
     data = post.data(sp)
-    ll_jax = float(post.log_likelihood(jnp.asarray(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05]), *data))
+    # numpy (float64) in: jax arrays made outside slambayes' float64 scope would be float32
+    ll_jax = float(post.log_likelihood(np.asarray(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05]), *data))
     chi2_jax = -2 * (ll_jax - float(data[-1]))
     print(kind, "rank", noise.rank, "chi2 numpy", chi2_numpy, "jax", chi2_jax, "dense", chi2_dense)
     assert abs(chi2_jax / chi2_numpy - 1) < 1e-10
@@ -46,7 +47,7 @@ def test_jax_density_equals_numpy_residuals(demo_small, kind):
     assert abs(star.norm - norm_dense) < 1e-8 * abs(norm_dense)
     assert (noise.rank > 0) == (kind == "correlated")
     # the per-pixel terms (InferenceData's log_likelihood, for az.loo) sum to the density
-    theta = jnp.asarray(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05])
+    theta = np.asarray(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05])
     pointwise = np.asarray(post.pointwise_log_likelihood(theta, *data))
     assert abs(pointwise.sum() / ll_jax - 1) < 1e-10 and np.all(pointwise[~star.good] == 0)
     if kind == "cv":     # independent pixels: each term is that pixel's Gaussian log density
