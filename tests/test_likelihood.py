@@ -21,8 +21,6 @@ def _star(train, seed=4):
 
 @pytest.mark.parametrize("kind", ["cv", "correlated"])
 def test_jax_density_equals_numpy_residuals(demo_small, kind):
-    import jax.numpy as jnp
-
     em, train = demo_small
     sp, labels = _star(train)
     noise = NoiseModel.resolve(em, kind)
