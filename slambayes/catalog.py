@@ -66,22 +66,24 @@ def _unit_string(unit):
 
 
 def _write_fits(table, path):
+    """One write: astropy's table HDU, with the TUNITn it cannot write (dex) and a TCOMMn per
+    described column set before it goes to disk."""
     import warnings
 
     from astropy.io import fits
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The unit .* could not be saved")   # dex: written below
-        table.write(path, format="fits", overwrite=True)
-    with fits.open(path, mode="update") as hdul:
-        hdr = hdul[1].header
-        for i, name in enumerate(table.colnames, 1):
-            col = table[name]
-            if col.unit is not None and f"TUNIT{i}" not in hdr:
-                hdr.set(f"TUNIT{i}", _unit_string(col.unit), after=f"TFORM{i}")
-            if col.description:
-                text = col.description.encode("ascii", "replace").decode()[:68]
-                hdr.set(f"TCOMM{i}", text, after=f"TUNIT{i}" if f"TUNIT{i}" in hdr else f"TFORM{i}")
+        warnings.filterwarnings("ignore", message="The unit .* could not be saved")   # dex: set below
+        hdu = fits.table_to_hdu(table, character_as_bytes=True)
+    hdr = hdu.header
+    for i, name in enumerate(table.colnames, 1):
+        col = table[name]
+        if col.unit is not None and f"TUNIT{i}" not in hdr:
+            hdr.set(f"TUNIT{i}", _unit_string(col.unit), after=f"TFORM{i}")
+        if col.description:
+            text = col.description.encode("ascii", "replace").decode()[:68]
+            hdr.set(f"TCOMM{i}", text, after=f"TUNIT{i}" if f"TUNIT{i}" in hdr else f"TFORM{i}")
+    hdu.writeto(path, overwrite=True)
 
 
 def read_table(path):

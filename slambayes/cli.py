@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("slambayes")
-PROGRESS = [True]          # progress bars (on a terminal); -q turns them off
 
 
 class CLIError(Exception):
@@ -84,7 +83,7 @@ def _names(text):
 
 
 # --------------------------------------------------------------------- loading
-def load_training_set(spectra_paths, labels=None, label_names=None, key="filename"):
+def load_training_set(spectra_paths, labels=None, label_names=None, key="filename", progress=True):
     """Training spectra from an npz (with labels) or LAMOST FITS + a label catalogue."""
     from . import io, preprocess
     from .spectra import Spectra
@@ -97,14 +96,14 @@ def load_training_set(spectra_paths, labels=None, label_names=None, key="filenam
         return sp
     if labels is None or not label_names:
         raise CLIError("FITS training spectra need --labels CATALOG and --label-names a,b,c")
-    sp = io.read_lamost(paths, progress=PROGRESS[0])
+    sp = io.read_lamost(paths, progress=progress)
     sp = io.join_labels(sp, io.read_label_catalog(labels), label_names, key=key)
     if sp.n_star == 0:
         raise CLIError(f"no spectrum matched a row of {labels} by {key!r}")
     return preprocess.preprocess_lamost(sp)
 
 
-def load_fit_set(paths, wave):
+def load_fit_set(paths, wave, progress=True):
     """Spectra to fit, on the model grid: npz as stored (resampled if needed) or
     LAMOST FITS through the full preprocessing."""
     from . import io, preprocess
@@ -120,7 +119,7 @@ def load_fit_set(paths, wave):
             log.warning("resampling %s onto the model grid", paths[0])
             sp = preprocess.resample(sp, wave)
         return sp
-    return preprocess.preprocess_lamost(io.read_lamost(paths, progress=PROGRESS[0]), wave=wave)
+    return preprocess.preprocess_lamost(io.read_lamost(paths, progress=progress), wave=wave)
 
 
 # -------------------------------------------------------------------- commands
@@ -132,13 +131,14 @@ def cmd_train(a):
     if a.demo:
         sp = make_demo(a.demo, snr=100.0, seed=a.seed)
     elif a.spectra:
-        sp = load_training_set(a.spectra, a.labels, _names(a.label_names) if a.label_names else None, a.key)
+        sp = load_training_set(a.spectra, a.labels, _names(a.label_names) if a.label_names else None, a.key,
+                               a.progress)
     else:
         raise CLIError("give --spectra FILE(s) (with --labels for FITS) or --demo N")
     log.info("training on %d spectra × %d pixels, labels %s", sp.n_star, sp.n_pix, sp.label_names)
     t0 = time.perf_counter()
     em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
-                  random_state=a.seed, error_rank=a.error_rank, progress=PROGRESS[0]).fit(sp)
+                  random_state=a.seed, error_rank=a.error_rank, progress=a.progress).fit(sp)
     calib = ""
     if a.calibrate and a.cv >= 2:
         from .out_of_fold import calibrate
@@ -157,7 +157,7 @@ def cmd_fit(a):
 
     check_output(a.out, "catalog")
     em = Emulator.load(a.model)
-    sp = load_fit_set(a.spectra, em.wave_)
+    sp = load_fit_set(a.spectra, em.wave_, a.progress)
     client = None
     if a.scheduler:
         from dask.distributed import Client
@@ -168,7 +168,7 @@ def cmd_fit(a):
     cat = fit_map(em, sp, model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, chunk_size=a.chunk_size,
                   n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
                   loss=a.loss, f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
-                  fit_rv=a.fit_rv, rv_window=a.rv_window, progress=PROGRESS[0])
+                  fit_rv=a.fit_rv, rv_window=a.rv_window, progress=a.progress)
     n_bad = int((cat["flag"] != 0).sum())
     log.info("%d spectra fitted, %d flagged; catalog written to %s", len(cat), n_bad, a.out)
 
@@ -236,12 +236,12 @@ def cmd_sample(a):
 
     check_output(a.out, "posterior")
     em = Emulator.load(a.model)
-    sp = _select_star(load_fit_set(a.spectra, em.wave_), a.star)
+    sp = _select_star(load_fit_set(a.spectra, em.wave_, a.progress), a.star)
     prior = parse_prior(a.prior, em) if a.prior else None
     idata = sample(em, sp, prior=prior, sampler=a.sampler, num_warmup=a.num_warmup,
                    num_samples=a.num_samples, num_chains=a.num_chains, num_walkers=a.num_walkers,
                    seed=a.seed, model_error=a.model_error, calibration=a.calibration, fit_rv=a.fit_rv,
-                   progress=PROGRESS[0])
+                   progress=a.progress)
     out = Path(a.out)
     tmp = out.with_name(out.name + ".tmp")
     idata.to_netcdf(str(tmp))
@@ -286,7 +286,7 @@ def cmd_demo(a):
     if Path(a.out).exists() and not Path(a.out).is_dir():
         raise CLIError(f"--out {a.out} is a file; the demo writes a folder")
     run_demo(Path(a.out), n_train=a.n_train, n_test=a.n_test, n_jobs=a.n_jobs, seed=a.seed, echo=log.info,
-             progress=PROGRESS[0])
+             progress=a.progress)
 
 
 def _noise_options(parser):
@@ -411,10 +411,8 @@ def build_parser():
 
 def configure_logging(quiet=False, verbose=False):
     """Messages of the `slambayes` logger (and Python warnings) for a command-line run: INFO
-    and below to stdout, warnings and errors to stderr; -q keeps errors only (and turns
-    progress bars off), -v adds DEBUG."""
+    and below to stdout, warnings and errors to stderr; -q keeps errors only, -v adds DEBUG."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    PROGRESS[0] = not quiet
     out = logging.StreamHandler(sys.stdout)
     out.addFilter(lambda record: record.levelno < logging.WARNING)
     out.setFormatter(logging.Formatter("%(message)s"))
@@ -432,6 +430,7 @@ def configure_logging(quiet=False, verbose=False):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     configure_logging(quiet=args.quiet, verbose=args.verbose)
+    args.progress = not args.quiet          # progress bars (on a terminal); -q turns them off
     try:
         args.func(args)
     except KeyboardInterrupt:
