@@ -25,12 +25,13 @@ class Gaussian(Prior):
         if sigma is not None:
             sigma = np.atleast_1d(np.asarray(sigma, float))
             if not np.all(np.isfinite(sigma) & (sigma > 0)):
-                raise ValueError(f"Gaussian prior on {list(label_names)}: sigma must be positive and finite, "
+                raise ValueError(f"Gaussian prior on {list(self.label_names)}: sigma must be positive and finite, "
                                  f"got {sigma.tolist()}")
         cov = np.diag(sigma**2) if cov is None else np.atleast_2d(cov)
         k = len(self.label_names)
         if self.mean.shape != (k,) or cov.shape != (k, k):
-            raise ValueError(f"mean {self.mean.shape} / cov {cov.shape} do not match {k} label(s)")
+            raise ValueError(f"Gaussian prior on {list(self.label_names)}: mean {self.mean.shape} / cov "
+                             f"{cov.shape} do not match its {k} label(s); give one mean and one sigma per label")
         self.cov = np.asarray(cov, float)
         self._L = np.linalg.cholesky(self.cov)     # raises if cov is not positive definite
         self._logdet = 2 * np.sum(np.log(np.diag(self._L)))

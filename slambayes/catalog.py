@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from astropy.table import Table, vstack
 
 from .progress import bar
+from .workers import run_parallel
 
 __all__ = ["run_chunked", "write_table", "read_table", "CatalogMismatchError", "CatalogLockedError"]
 
@@ -140,15 +141,12 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
         and a re-run resumes, with any cut of the same rows (see module docstring).
     `fingerprint` identifies the run.
     """
-    from joblib import Parallel, parallel_config
-
     rows = [(i, i + 1) for i in range(len(tasks))] if rows is None else [tuple(map(int, r)) for r in rows]
     n_rows = max((r[1] for r in rows), default=0)
     meta = dict(meta or {}, FINGERPR=fingerprint, NCHUNKS=len(tasks))
     if output is None:
-        with parallel_config(backend=backend) if backend else nullcontext():
-            res = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
-            parts = list(bar(res, progress, total=len(tasks), desc=desc, unit="chunk"))
+        res = run_parallel(tasks, n_jobs, backend)
+        parts = list(bar(res, progress, total=len(tasks), desc=desc, unit="chunk"))
         out = vstack(parts, metadata_conflicts="silent")
         out.meta.update(meta)
         return out
@@ -173,12 +171,10 @@ def run_chunked(tasks, output=None, fingerprint="", meta=None, n_jobs=1, backend
         for start, stop in parts:
             covered[start:stop] = True
         todo = [i for i, (start, stop) in enumerate(rows) if not covered[start:stop].all()]
-        with parallel_config(backend=backend) if backend else nullcontext():
-            res = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-                _tagged(i, tasks[i]) for i in todo)
-            for i, table in bar(res, progress, total=len(todo), initial=0, desc=desc, unit="chunk"):
-                write_table(table, _part_path(parts_dir, rows[i]))
-                parts[rows[i]] = table
+        res = run_parallel((_tagged(i, tasks[i]) for i in todo), n_jobs, backend, ordered=False)
+        for i, table in bar(res, progress, total=len(todo), initial=0, desc=desc, unit="chunk"):
+            write_table(table, _part_path(parts_dir, rows[i]))
+            parts[rows[i]] = table
         out = _stack_rows(parts, n_rows)
         out.meta.clear()
         out.meta.update(meta)

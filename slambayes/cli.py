@@ -89,6 +89,9 @@ def load_training_set(spectra_paths, labels=None, label_names=None, key="filenam
     from .spectra import Spectra
 
     paths = [Path(p) for p in spectra_paths]
+    for p in paths + ([Path(labels)] if labels else []):
+        if not p.exists():
+            raise CLIError(f"no such file: {p}")
     if len(paths) == 1 and paths[0].suffix == ".npz":
         sp = Spectra.from_npz(paths[0], label_names=label_names)
         if sp.labels is None:
@@ -107,17 +110,20 @@ def load_fit_set(paths, wave, progress=True):
     """Spectra to fit, on the model grid: npz as stored (resampled if needed) or
     LAMOST FITS through the full preprocessing."""
     from . import io, preprocess
-    from .spectra import Spectra
+    from .spectra_file import SpectraFile
 
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.exists():
             raise CLIError(f"no such file: {p}")
     if len(paths) == 1 and paths[0].suffix == ".npz":
-        sp = Spectra.from_npz(paths[0])
+        sp = SpectraFile(paths[0])                # read a chunk at a time
+        if sp.wave[-1] <= wave[0] or sp.wave[0] >= wave[-1]:
+            raise CLIError(f"{paths[0]} covers {sp.wave[0]:.1f}–{sp.wave[-1]:.1f} Å, outside the model's "
+                           f"{wave[0]:.1f}–{wave[-1]:.1f} Å: is it the right model for these spectra?")
         if sp.wave.shape != wave.shape or not np.allclose(sp.wave, wave):
-            log.warning("resampling %s onto the model grid", paths[0])
-            sp = preprocess.resample(sp, wave)
+            log.warning("resampling %s onto the model grid (this reads the whole file into memory)", paths[0])
+            sp = preprocess.resample(sp.load(), wave)
         return sp
     return preprocess.preprocess_lamost(io.read_lamost(paths, progress=progress), wave=wave)
 
@@ -138,7 +144,12 @@ def cmd_train(a):
     log.info("training on %d spectra × %d pixels, labels %s", sp.n_star, sp.n_pix, sp.label_names)
     t0 = time.perf_counter()
     em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
-                  random_state=a.seed, error_rank=a.error_rank, progress=a.progress).fit(sp)
+                  random_state=a.seed, error_rank=a.error_rank, progress=a.progress)
+    try:
+        em.fit(sp)
+    except ValueError as exc:
+        source = f"{a.demo} demo spectra" if a.demo else ", ".join(a.spectra)
+        raise CLIError(f"cannot train on {source}: {exc}") from None
     calib = ""
     if a.calibrate and a.cv >= 2:
         from .out_of_fold import calibrate
@@ -170,7 +181,10 @@ def cmd_fit(a):
                   loss=a.loss, f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
                   fit_rv=a.fit_rv, rv_window=a.rv_window, progress=a.progress)
     n_bad = int((cat["flag"] != 0).sum())
+    skipped = sp.meta.meta.get("skipped", [])
     log.info("%d spectra fitted, %d flagged; catalog written to %s", len(cat), n_bad, a.out)
+    if skipped:
+        log.warning("%d input file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
 
 
 def _prior_value(text):
@@ -208,8 +222,8 @@ def parse_prior(text, emulator):
         else:
             try:
                 parts.append(priors.get(name, **kw))
-            except TypeError as exc:
-                raise CLIError(f"prior {name!r}: {exc}") from None
+            except (TypeError, ValueError) as exc:
+                raise CLIError(f"--prior {item.strip()!r}: {exc}") from None
     out = parts[0]
     for p in parts[1:]:
         out = out + p
@@ -227,7 +241,8 @@ def _select_star(sp, star):
             return sp[int(hit[0]):int(hit[0]) + 1]
     if star.isdigit() and int(star) < sp.n_star:
         return sp[int(star):int(star) + 1]
-    raise CLIError(f"no star {star!r} in the input ({sp.n_star} spectra; give an id or a 0-based index)")
+    raise CLIError(f"no star {star!r} in the input ({sp.n_star} spectra): give --star an id of its 'id' "
+                   f"column or a 0-based index below {sp.n_star}")
 
 
 def cmd_sample(a):
@@ -316,6 +331,14 @@ def _grid_help(grid):
     return "comma-separated grid (default: " + ",".join(f"{v:.4g}" for v in grid) + ")%(default).0s"
 
 
+def _loudness_options(parser, default):
+    """-v/-q; a command's own copy has no default, so it cannot reset one given before the command."""
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", default=default, help="also debug messages")
+    loud.add_argument("-q", "--quiet", action="store_true", default=default,
+                      help="only errors: no messages, warnings or progress bars")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="slambayes", description=__doc__)
     from . import __version__
@@ -325,11 +348,11 @@ def build_parser():
     from .sampling import sample
 
     p.add_argument("--version", action="version", version=f"slambayes {__version__}")
-    loud = p.add_mutually_exclusive_group()
-    loud.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
-    loud.add_argument("-q", "--quiet", action="store_true", help="only errors: no messages, warnings or progress bars")
+    _loudness_options(p, default=False)
     sub = p.add_subparsers(dest="command", required=True)
-    fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    loud = argparse.ArgumentParser(add_help=False)
+    _loudness_options(loud, default=argparse.SUPPRESS)     # -q/-v after the command too
+    fmt = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter, parents=[loud])
 
     d = sub.add_parser("demo", help="run the whole journey on the embedded synthetic data", **fmt)
     d.add_argument("--out", default="slambayes-demo", help="output folder")
@@ -427,21 +450,38 @@ def configure_logging(quiet=False, verbose=False):
         logger.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C (joblib then ends its workers)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
     configure_logging(quiet=args.quiet, verbose=args.verbose)
     args.progress = not args.quiet          # progress bars (on a terminal); -q turns them off
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         out = getattr(args, "out", None)
         hint = (f"; finished chunks are kept in {out}.parts: run the same command again to resume"
                 if args.command == "fit" else "")
-        print(f"slambayes {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"slambayes {args.command}: {how}{hint}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except (CLIError, OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         print(f"slambayes {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -90,6 +90,8 @@ class Emulator:
             if grid.size == 0 or not np.all(np.isfinite(grid) & (grid > 0)):
                 raise ValueError(f"{name} must be one or more positive numbers (a grid for the CV), "
                                  f"not {getattr(self, name)!r}")
+        if self.cv is not None and (int(self.cv) != self.cv or self.cv < 0 or self.cv == 1):
+            raise ValueError(f"cv must be 0 (no cross-validation) or a number of folds ≥ 2, not {self.cv!r}")
         if not (np.isfinite(self.epsilon) and self.epsilon >= 0):
             raise ValueError(f"epsilon must be a number ≥ 0, not {self.epsilon!r}")
         spectra = check_training_set(spectra, min_stars=max(3, self.cv or 0))

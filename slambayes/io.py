@@ -1,7 +1,6 @@
 """Reading spectra and label catalogues from survey files."""
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -15,10 +14,10 @@ from .spectra import Spectra
 
 __all__ = ["read_lamost", "read_lamost_file", "read_files", "read_label_catalog", "join_labels", "SpectrumReadError"]
 
-log = logging.getLogger(__name__)
 
 LAMOST_ROWS = ("flux", "ivar", "norm_flux", "andmask", "ormask")
 LAMOST_SNR_KEYS = ("SN_U", "SN_G", "SN_R", "SN_I", "SN_Z")
+MIN_PIXELS = 10             # fewer is no spectrum (a damaged or cut file)
 
 
 class SpectrumReadError(ValueError):
@@ -63,7 +62,13 @@ def read_lamost_file(path, flux="raw"):
     except Exception as exc:  # astropy raises OSError/TypeError/ValueError for broken files
         raise SpectrumReadError(f"{path}: cannot read FITS ({type(exc).__name__}: {exc})") from exc
     n_pix = data.shape[1]
-    wave = 10.0 ** (float(hdr["COEFF0"]) + float(hdr["COEFF1"]) * np.arange(n_pix))
+    if n_pix < MIN_PIXELS:
+        raise SpectrumReadError(f"{path}: {n_pix} pixel(s); a spectrum needs at least {MIN_PIXELS}")
+    step = float(hdr["COEFF1"])
+    if not (np.isfinite(step) and step > 0):
+        raise SpectrumReadError(f"{path}: the wavelength grid is not increasing (COEFF1 = {hdr['COEFF1']!r}, "
+                                f"the log10 Å step, must be > 0)")
+    wave = 10.0 ** (float(hdr["COEFF0"]) + step * np.arange(n_pix))
     raw, ivar_raw, norm, _andmask, ormask = data[:5]
     with np.errstate(divide="ignore", invalid="ignore"):
         good = (ormask == 0) & (ivar_raw > 0) & np.isfinite(raw) & np.isfinite(ivar_raw)
@@ -142,7 +147,6 @@ def read_files(paths, read_one, survey, on_error="skip", progress=False):
                 raise
             msg = str(exc) if str(p) in str(exc) else f"{p}: {exc}"
             skipped.append(msg)
-            log.warning("skipped %s", msg)
             warnings.warn(f"skipped unreadable file: {msg}", stacklevel=3)
     if not rows:
         raise SpectrumReadError("none of the files could be read:\n" + "\n".join(skipped))

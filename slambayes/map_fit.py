@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from .likelihood import NoiseModel, pixel_weights
 from .fit_checks import CHECK_FLAGS
 from .map_core import FLAGS as SOLVER_FLAGS
 from .map_core import MapOptions, fit_star, gaussian_prior_terms, start_indices
+from .spectra_file import SpectraFile
 
 # every bit of the catalog's `flag` column: the solver's and the fit checks'
 FLAGS = dict(sorted({**SOLVER_FLAGS, **CHECK_FLAGS}.items(), key=lambda kv: kv[1]))
@@ -152,8 +155,7 @@ def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, ch
     if meta is not None:
         for name in meta.colnames:
             h.update(name.encode() + b"\0" + "\n".join(np.asarray(meta[name]).astype(str)).encode())
-    h.update(np.ascontiguousarray(spectra.flux).tobytes())
-    h.update(np.ascontiguousarray(spectra.ivar).tobytes())
+    h.update(pixel_digest(spectra))
     h.update(noise.describe().encode())
     h.update(json.dumps(space.describe()).encode())
     h.update(json.dumps(asdict(options), default=str).encode())
@@ -161,6 +163,31 @@ def _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, ch
         h.update(np.concatenate([idx, mean, L_inv.ravel()]).astype(float).tobytes())
     h.update(json.dumps(checks.describe() if checks is not None else None).encode())
     return h.hexdigest()[:32]
+
+
+def pixel_digest(spectra, block=1024):
+    """sha256 of the flux and the ivar of every star, read `block` stars at a time (a
+    `SpectraFile` is never held in memory whole)."""
+    hf, hi = hashlib.sha256(), hashlib.sha256()
+    for start in range(0, spectra.n_star, block):
+        flux, ivar = spectra.rows(start, start + block)
+        hf.update(np.ascontiguousarray(flux).tobytes())
+        hi.update(np.ascontiguousarray(ivar).tobytes())
+    return hf.digest() + hi.digest()
+
+
+class _ChunkTasks(Sequence):
+    """The chunks' tasks, each made (its spectra read) only when joblib dispatches it, so that
+    memory holds the chunks in flight, not the whole input."""
+
+    def __init__(self, spans, make):
+        self.spans, self.make = spans, make
+
+    def __len__(self):
+        return len(self.spans)
+
+    def __getitem__(self, i):
+        return self.make(*self.spans[i])
 
 
 def _catalog_names(space, options):
@@ -188,7 +215,8 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     Parameters
     ----------
     emulator : fitted `Emulator`
-    spectra : `Spectra` on the emulator's wavelength grid
+    spectra : `Spectra` on the emulator's wavelength grid, or a `SpectraFile` / the path of an
+        npz (read a chunk at a time: memory does not grow with the number of spectra)
     prior : Gaussian prior (`slambayes.priors.Gaussian`) or None; enters as residuals
     model_error : "auto" | "correlated" | "cv" | "cv_minus_noise" | "none", or a resolved
         `slambayes.likelihood.NoiseModel` (see `NoiseModel.resolve`). "auto" (default) is the
@@ -231,6 +259,8 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     """
     from joblib import delayed
 
+    if isinstance(spectra, (str, os.PathLike)):
+        spectra = SpectraFile(spectra)
     check_grid(emulator, spectra)
     if spectra.n_star == 0:
         raise ValueError("no spectra to fit (the input holds 0 spectra)")
@@ -252,9 +282,9 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     ids, id_from = _ids(spectra, id_column)
     meta_cols = meta_columns(spectra, reserved=_catalog_names(space, options), skip=(id_from,))
     spans = [(s, min(s + chunk_size, spectra.n_star)) for s in range(0, spectra.n_star, chunk_size)]
-    tasks = [delayed(fit_chunk)(emulator, spectra.flux[a:b], spectra.ivar[a:b], ids[a:b], starts, noise, space,
-                                options, prior_terms, checks, None if meta_cols is None else meta_cols[a:b])
-             for a, b in spans]
+    tasks = _ChunkTasks(spans, lambda a, b: delayed(fit_chunk)(
+        emulator, *spectra.rows(a, b), ids[a:b], starts, noise, space, options, prior_terms, checks,
+        None if meta_cols is None else meta_cols[a:b]))
     model_sha = emulator.model_hash
     from . import __version__
 

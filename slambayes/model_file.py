@@ -121,7 +121,8 @@ def load_emulator(cls, path):
             header = json.loads(str(d["header"]))
             if header.get("schema") != SCHEMA:
                 raise ModelFileError(f"{path}: model schema {header.get('schema')!r} is not "
-                                     f"supported by this slambayes (expects {SCHEMA!r})")
+                                     f"supported by this slambayes (expects {SCHEMA!r}); "
+                                     f"use the slambayes version that wrote it, or train the model again")
             missing = [k for k in ARRAYS if k not in d.files]
             if missing:
                 raise ModelFileError(f"{path}: model file lacks {missing}")

@@ -85,14 +85,16 @@ def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=T
                sigma_model=np.full((n, k), np.nan), rchi2=np.full(n, np.nan),
                quality=np.full((n, 2), np.nan), position=np.zeros((n, 2)), norm_ratio=np.full(n, np.nan),
                flag=np.zeros(n, int))
-    from joblib import Parallel, delayed
+    from joblib import delayed
+
+    from .workers import run_parallel
 
     labels = em.from_std(em.X_train_)
     folds = _fold_emulators(em, spectra, n_jobs, progress)
     # the folds are independent: one joblib task each (only its held-out spectra travel)
-    results = Parallel(n_jobs=min(n_jobs, len(folds)) if n_jobs > 0 else n_jobs)(
-        delayed(_fit_held_out)(fold, base.for_fold(F), space, options, labels[tr], spectra.flux[te], spectra.ivar[te])
-        for fold, tr, te, F in folds)
+    results = run_parallel((delayed(_fit_held_out)(fold, base.for_fold(F), space, options, labels[tr],
+                                                   spectra.flux[te], spectra.ivar[te])
+                            for fold, tr, te, F in folds), min(n_jobs, len(folds)) if n_jobs > 0 else n_jobs)
     for (fold, tr, te, F), fits in zip(folds, results):
         vals = np.array([f.values for f in fits])
         out["values"][te] = vals

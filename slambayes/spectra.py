@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
-__all__ = ["Spectra", "SpectraWarning", "wave_in_angstrom"]
+__all__ = ["Spectra", "SpectraWarning", "wave_in_angstrom", "mask_bad_pixels"]
 
 
 class SpectraWarning(UserWarning):
@@ -32,6 +32,25 @@ def wave_in_angstrom(wave):
     return (wave[::-1] if flip else wave), flip
 
 
+def mask_bad_pixels(flux, ivar, stacklevel=2):
+    """Give pixels with NaN/inf flux or NaN/inf/negative ivar ivar = 0 and flux = 1 (a neutral
+    value), in place, with a `SpectraWarning` that says how many."""
+    bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (np.nan_to_num(ivar, nan=-1.0) < 0)
+    n_bad = int(bad.sum())
+    if n_bad:
+        warnings.warn(f"{n_bad} pixel(s) with NaN/inf flux or NaN/inf/negative ivar "
+                      f"were masked (ivar=0)", SpectraWarning, stacklevel=stacklevel + 1)
+        ivar[bad] = 0.0
+        flux[bad] = 1.0
+
+
+def ivar_from_error(err):
+    """1/σ² where σ is finite and > 0, else 0."""
+    err = np.asarray(err, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where(np.isfinite(err) & (err > 0), 1.0 / err**2, 0.0)
+
+
 def _as_2d(name, a, n_pix):
     a = np.asarray(a, dtype=float)
     if a.ndim == 1:
@@ -41,6 +60,30 @@ def _as_2d(name, a, n_pix):
     if a.shape[1] != n_pix:
         raise ValueError(f"{name} has {a.shape[1]} pixels per star but wave has {n_pix}")
     return a
+
+
+def open_npz(path):
+    """np.load of a spectra npz, with a clear error if it is not one (it needs `wave`, `flux`
+    and `ivar` or `flux_err`)."""
+    path = Path(path)
+    try:
+        d = np.load(path, allow_pickle=False)
+    except Exception as exc:  # zipfile/ValueError/OSError: all mean "not a readable npz"
+        raise ValueError(f"{path}: not a readable npz file ({exc})") from exc
+    keys = set(getattr(d, "files", ()))
+    if not {"wave", "flux"} <= keys or not keys & {"ivar", "flux_err"}:
+        raise ValueError(f"{path}: npz needs arrays 'wave', 'flux' and 'ivar' "
+                         f"(or 'flux_err'); it has {sorted(keys)}")
+    return d
+
+
+def npz_star_columns(d, label_names=None):
+    """(labels or None, label_names, meta dict or None) of an open spectra npz."""
+    labels = d["labels"] if "labels" in d.files else None
+    if labels is not None and label_names is None and "label_names" in d.files:
+        label_names = [str(x) for x in d["label_names"]]
+    meta = {k[6:]: d[k] for k in d.files if k.startswith("meta__")} or None
+    return labels, label_names, meta
 
 
 class Spectra:
@@ -82,13 +125,7 @@ class Spectra:
             flux, ivar = flux[:, ::-1].copy(), ivar[:, ::-1].copy()
         if flux.shape != ivar.shape:
             raise ValueError(f"flux {flux.shape} and ivar {ivar.shape} differ in shape")
-        bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (np.nan_to_num(ivar, nan=-1.0) < 0)
-        n_bad = int(bad.sum())
-        if n_bad:
-            warnings.warn(f"{n_bad} pixel(s) with NaN/inf flux or NaN/inf/negative ivar "
-                          f"were masked (ivar=0)", SpectraWarning, stacklevel=2)
-            ivar[bad] = 0.0
-            flux[bad] = 1.0
+        mask_bad_pixels(flux, ivar, stacklevel=3)
         self.wave, self.flux, self.ivar = wave, flux, ivar
         self.labels, self.label_names = self._check_labels(labels, label_names, flux.shape[0])
         self.meta = self._check_meta(meta, flux.shape[0])
@@ -144,6 +181,11 @@ class Spectra:
                             labels=None if self.labels is None else self.labels[idx],
                             meta=self.meta[idx])
 
+    def rows(self, start, stop):
+        """(flux, ivar) of stars start … stop − 1, each (stop − start, n_pix); the same call
+        as `slambayes.spectra_file.SpectraFile.rows`, which reads them from disk."""
+        return self.flux[start:stop], self.ivar[start:stop]
+
     def replace(self, **changes) -> "Spectra":
         """A new `Spectra` with some fields replaced (the rest shared)."""
         kw = dict(wave=self.wave, flux=self.flux, ivar=self.ivar, labels=self.labels,
@@ -182,27 +224,13 @@ class Spectra:
     def from_npz(cls, path, label_names=None) -> "Spectra":
         """Read an npz with `wave`, `flux`, `ivar` (or `flux_err`), optional
         `labels` + `label_names`, and `meta__*` columns."""
-        path = Path(path)
-        try:
-            d = np.load(path, allow_pickle=False)
-        except Exception as exc:  # zipfile/ValueError/OSError: all mean "not a readable npz"
-            raise ValueError(f"{path}: not a readable npz file ({exc})") from exc
-        with d:
-            keys = set(d.files)
-            if not {"wave", "flux"} <= keys or not keys & {"ivar", "flux_err"}:
-                raise ValueError(f"{path}: npz needs arrays 'wave', 'flux' and 'ivar' "
-                                 f"(or 'flux_err'); it has {sorted(keys)}")
-            if "ivar" in keys:
-                ivar = d["ivar"]
-            else:
-                err = d["flux_err"].astype(float)
-                with np.errstate(divide="ignore"):
-                    ivar = np.where(np.isfinite(err) & (err > 0), 1.0 / err**2, 0.0)
-            labels = d["labels"] if "labels" in keys else None
-            if labels is not None and label_names is None and "label_names" in keys:
-                label_names = [str(x) for x in d["label_names"]]
-            meta = {k[6:]: d[k] for k in d.files if k.startswith("meta__")} or None
-            return cls(d["wave"], d["flux"], ivar, labels=labels, label_names=label_names, meta=meta)
+        with open_npz(path) as d:
+            ivar = d["ivar"] if "ivar" in d.files else ivar_from_error(d["flux_err"])
+            labels, label_names, meta = npz_star_columns(d, label_names)
+            try:
+                return cls(d["wave"], d["flux"], ivar, labels=labels, label_names=label_names, meta=meta)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
 
     @classmethod
     def from_specutils(cls, spectrum) -> "Spectra":

@@ -162,16 +162,15 @@ def run_pixel_blocks(func, X, Y, G, per_pixel=(), shared=(), block_size=16, n_jo
     per_pixel : arrays (n_pix,) cut into blocks like the columns of Y; `axes` gives, per
     output of `func`, the axis along which blocks are joined (default 0 for all).
     """
-    from contextlib import nullcontext
+    from joblib import delayed
 
-    from joblib import Parallel, delayed, parallel_config
+    from .workers import run_parallel
 
     starts = range(0, Y.shape[1], block_size)
     task = delayed(func)
-    with parallel_config(backend=backend) if backend else nullcontext():
-        gen = Parallel(n_jobs=n_jobs, return_as="generator")(
-            task(X, Y[:, s:s + block_size], G[:, s:s + block_size],
-                 *(a[s:s + block_size] for a in per_pixel), *shared) for s in starts)
-        parts = list(bar(gen, progress, total=len(starts), desc=desc, unit="block"))
+    gen = run_parallel((task(X, Y[:, s:s + block_size], G[:, s:s + block_size],
+                             *(a[s:s + block_size] for a in per_pixel), *shared) for s in starts),
+                       n_jobs, backend)
+    parts = list(bar(gen, progress, total=len(starts), desc=desc, unit="block"))
     axes = axes or (0,) * len(parts[0])
     return tuple(np.concatenate([p[i] for p in parts], axis=ax) for i, ax in enumerate(axes))

@@ -42,7 +42,8 @@ def check_training_set(spectra, min_stars=3):
     labels = np.asarray(spectra.labels, float)
     if not np.all(np.isfinite(labels)):
         bad = np.flatnonzero(~np.all(np.isfinite(labels), axis=1))
-        raise ValueError(f"training labels are not finite for star(s) {_names(spectra, bad)}")
+        raise ValueError(f"training labels are NaN or infinite for star(s) {_names(spectra, bad)}; "
+                         f"fix or drop them in the label catalogue")
     good = spectra.ivar > 0
     drop = {}
     no_pix = ~good.any(1)
@@ -61,16 +62,18 @@ def check_training_set(spectra, min_stars=3):
     dup[first] = False
     drop["duplicate of an earlier star (same labels and flux)"] = dup
     out = np.zeros(spectra.n_star, bool)
+    why_dropped = []
     for why, mask in drop.items():
         mask = mask & ~out
         if mask.any():
             warnings.warn(f"training set: dropping {mask.sum()} star(s) with {why}: "
                           f"{_names(spectra, np.flatnonzero(mask))}", SpectraWarning, stacklevel=3)
+            why_dropped.append(f"{mask.sum()} with {why}")
             out |= mask
     kept = spectra[np.flatnonzero(~out)] if out.any() else spectra
     if kept.n_star < min_stars:
         raise ValueError(f"need at least {min_stars} usable training stars, got {kept.n_star} "
-                         f"(of {spectra.n_star})")
+                         f"(of {spectra.n_star}" + (f"; dropped {', '.join(why_dropped)})" if why_dropped else ")"))
     lab = np.asarray(kept.labels, float)
     const = [n for n, lo, hi in zip(kept.label_names, lab.min(0), lab.max(0)) if not hi > lo]
     if const:

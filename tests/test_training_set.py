@@ -20,7 +20,7 @@ def test_constant_or_nan_labels_are_refused(small):
         check_training_set(small.replace(labels=lab))
     lab = small.labels.copy()
     lab[7, 0] = np.nan
-    with pytest.raises(ValueError, match="not finite for star"):
+    with pytest.raises(ValueError, match="NaN or infinite for star"):
         Emulator(C=10.0, gamma=0.1, cv=0, progress=False).fit(small.replace(labels=lab))
 
 
