@@ -83,15 +83,22 @@ def _names(text):
 
 
 # --------------------------------------------------------------------- loading
+def _existing(paths):
+    """The paths as Path objects; a missing one is a CLIError naming it (before any reading)."""
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise CLIError(f"no such file: {p}")
+    return paths
+
+
 def load_training_set(spectra_paths, labels=None, label_names=None, key="filename", progress=True):
     """Training spectra from an npz (with labels) or LAMOST FITS + a label catalogue."""
     from . import io, preprocess
     from .spectra import Spectra
 
-    paths = [Path(p) for p in spectra_paths]
-    for p in paths + ([Path(labels)] if labels else []):
-        if not p.exists():
-            raise CLIError(f"no such file: {p}")
+    paths = _existing(spectra_paths)
+    _existing([labels] if labels else [])
     if len(paths) == 1 and paths[0].suffix == ".npz":
         sp = Spectra.from_npz(paths[0], label_names=label_names)
         if sp.labels is None:
@@ -112,10 +119,7 @@ def load_fit_set(paths, wave, progress=True):
     from . import io, preprocess
     from .spectra_file import SpectraFile
 
-    paths = [Path(p) for p in paths]
-    for p in paths:
-        if not p.exists():
-            raise CLIError(f"no such file: {p}")
+    paths = _existing(paths)
     if len(paths) == 1 and paths[0].suffix == ".npz":
         sp = SpectraFile(paths[0])                # read a chunk at a time
         if sp.wave[-1] <= wave[0] or sp.wave[0] >= wave[-1]:

@@ -4,7 +4,8 @@ A survey's batch need not fit in memory: `SpectraFile` reads the small arrays (w
 meta) at once and flux/ivar only for the rows asked for, so `fit_map` on a file of 20,000
 spectra holds no more of them than its chunks in flight. Members stored uncompressed
 (`np.savez`, as `Spectra.to_npz` writes) are read at their offset; compressed ones
-(`np.savez_compressed`) are decompressed forward from where the last read stopped.
+(`np.savez_compressed`) are decompressed forward from where the last read stopped
+(a read further back restarts the member, as `zipfile` seeks do).
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ class _Member:
                 n_name, n_extra = np.frombuffer(f.read(4), "<u2")
             self._offset = info.header_offset + 30 + int(n_name) + int(n_extra) + self._header
         else:
-            self._lock, self._zip, self._stream, self._row = threading.Lock(), None, None, 0
+            self._lock, self._zip, self._stream = threading.Lock(), None, None
 
     def read(self, start, stop):
         start, stop = max(int(start), 0), min(int(stop), self.shape[0])
@@ -125,26 +126,20 @@ class _Member:
                 buf = f.read(n * self._row_bytes)
         else:
             with self._lock:                 # joblib may ask for chunks from several threads
-                if self._stream is None or self._row > start:
-                    self._open_stream()
+                if self._stream is None:
+                    self._zip = zipfile.ZipFile(self.path)
+                    self._stream = self._zip.open(self.name + ".npy")
+                # forward: decompresses from the last read; backward: zipfile restarts the member
                 self._stream.seek(self._header + start * self._row_bytes)
                 buf = self._stream.read(n * self._row_bytes)
-                self._row = stop
         if len(buf) != n * self._row_bytes:
             raise ValueError(f"{self.path}: {self.name} is truncated (rows {start}–{stop - 1} cannot be read)")
         return np.frombuffer(buf, self.dtype).reshape(n, self.shape[1]).astype(float)
 
-    def _open_stream(self):
-        if self._stream is not None:
-            self._stream.close()
-            self._zip.close()
-        self._zip = zipfile.ZipFile(self.path)
-        self._stream = self._zip.open(self.name + ".npy")
-
     def __getstate__(self):
         state = self.__dict__.copy()
         if not self._stored:
-            state.update(_lock=None, _zip=None, _stream=None, _row=0)
+            state.update(_lock=None, _zip=None, _stream=None)
         return state
 
     def __setstate__(self, state):

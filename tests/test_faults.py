@@ -337,7 +337,9 @@ def _fit_argv(files, out, *extra):
 
 @pytest.fixture(scope="module")
 def many(files):
-    em = __import__("slambayes").Emulator.load(files / "model.npz")
+    from slambayes import Emulator
+
+    em = Emulator.load(files / "model.npz")
     make_demo(600, snr=40.0, seed=8, wave=em.wave_).to_npz(files / "many.npz")
     return files
 

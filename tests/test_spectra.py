@@ -161,3 +161,22 @@ def test_fit_map_runs_on_a_spectrum_read_by_specutils(demo_small, tmp_path):
     for name in em.label_names_:
         assert abs(a[name][0] - b[name][0]) < 1e-6 * max(1.0, abs(a[name][0]))
     assert abs(b["teff"][0] - star.labels[0, 0]) < 4 * b["teff_err"][0]
+
+
+def test_spectra_file_reads_the_same_rows_as_from_npz(tmp_path):
+    import pickle
+
+    from slambayes.datasets import make_demo
+    from slambayes.spectra_file import SpectraFile
+
+    sp = make_demo(40, snr=30.0, seed=3)
+    sp.to_npz(tmp_path / "stored.npz")
+    np.savez_compressed(tmp_path / "packed.npz", wave=sp.wave, flux=sp.flux, flux_err=1 / np.sqrt(sp.ivar))
+    for name in ("stored.npz", "packed.npz"):
+        f = SpectraFile(tmp_path / name)
+        ref = Spectra.from_npz(tmp_path / name)
+        for a, b in [(0, 7), (30, 45), (2, 3), (0, 40)]:          # forward, past the end, backward
+            flux, ivar = f.rows(a, b)
+            assert np.array_equal(flux, ref.flux[a:b]) and np.allclose(ivar, ref.ivar[a:b], rtol=1e-12)
+        assert np.array_equal(pickle.loads(pickle.dumps(f)).rows(5, 9)[0], ref.flux[5:9])
+    assert list(SpectraFile(tmp_path / "stored.npz")[3:6].meta["id"]) == list(sp.meta["id"][3:6])
