@@ -5,9 +5,12 @@ One generated dwarf (S/N 100) on the 7214-pixel emulator of
 (1000 warm-up), with chain_method "sequential" and "vectorized"; then emcee
 run long enough to reach the same minimum bulk ESS, and the ratio of the two.
 Compilation is reported separately (the jax persistent cache removes it from
-later runs).
+later runs). The emulator runs with a low-rank evaluation (`--compression`,
+`Emulator.compression`); one NUTS run with the exact expansion (the default,
+itself sampled on the exact coefficient basis) checks that the posterior means
+and widths agree.
 
-    python bench/posterior_speed.py [--model bench/.cache/dwarf7214.npz]
+    python bench/posterior_speed.py [--model PATH]
 """
 from __future__ import annotations
 
@@ -19,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from map_throughput import draw  # noqa: E402  same generated spectra and grid
+from map_throughput import NAMES, draw, model_7214  # noqa: E402  same generated spectra and model
 
 import arviz as az  # noqa: E402
 
-from slambayes import Emulator, Spectra  # noqa: E402
+from slambayes import Spectra  # noqa: E402
 from slambayes.posterior import Posterior  # noqa: E402
 from slambayes.sampling import sample  # noqa: E402
 import datasets as D  # noqa: E402  (put on sys.path by map_throughput)
@@ -33,30 +36,48 @@ def min_ess(idata, names):
     return float(min(az.ess(idata, var_names=names)[n] for n in names))
 
 
+def compare_with_exact(em, star, names, idata, method):
+    """NUTS once more with the exact emulator: posterior means and widths against `idata`'s."""
+    import copy
+
+    exact = copy.copy(em)
+    exact.compression = 0.0
+    post = Posterior(exact)
+    t0 = time.perf_counter()
+    ref = sample(post, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0, chain_method=method,
+                 map_row=post.find_map(star), progress=False)
+    wall = time.perf_counter() - t0
+    a, b = idata.posterior, ref.posterior
+    shift = max(float(abs(a[n].mean() - b[n].mean()) / b[n].std()) for n in names)
+    width = max(float(abs(a[n].std() / b[n].std() - 1)) for n in names)
+    print(f"exact emulator (compression 0), {method}: {wall:.1f} s (with compilation); compressed posterior "
+          f"means within {shift:.3f} σ, widths within {100 * width:.1f} % of the exact ones")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(Path(__file__).parent / ".cache" / "dwarf7214.npz"),
-                    help="model file; trained (1000 stars, C=10, γ=0.1) and written here if missing")
+    ap.add_argument("--model", help="model file (default: bench/map_throughput.py's cached one); "
+                                    "trained (1000 stars, C=10, γ=0.1) and written there if missing")
+    ap.add_argument("--compression", type=float, default=0.002,
+                    help="low-rank evaluation of the emulator (0: exact, Emulator's default)")
     ap.add_argument("--walkers", type=int, default=32)
     ap.add_argument("--chain-methods", default="sequential,vectorized")
     ap.add_argument("--repeats", type=int, default=2, help="NUTS runs per chain method (the first compiles)")
     ap.add_argument("--skip-emcee", action="store_true")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time NUTS on the likelihood evaluated pixel by pixel (Posterior(project=False))")
     ap.add_argument("--nuts-reference", metavar="ESS,SECONDS",
                     help="skip the NUTS runs and compare emcee with this earlier NUTS result")
     args = ap.parse_args()
-    names = ["teff", "logg", "feh", "mgfe"]
+    names = NAMES
     wave = np.load(D.DATA_DIR / "apogee_dwarf_emulator" / "apogee_wavelength.npz")["wavelength"]
-    path = Path(args.model)
-    if path.exists():
-        em = Emulator.load(path)
-    else:
-        f, iv, lab = draw(np.random.default_rng(1), 1000, 100.0)
-        t0 = time.perf_counter()
-        em = Emulator(C=(10.0,), gamma=(0.1,), cv=0, n_jobs=-1, block_size=64).fit(
-            Spectra(wave, f, iv, labels=lab, label_names=names))
-        print(f"trained 7214-px model in {time.perf_counter() - t0:.0f} s")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        em.save(path)
+    em, seconds = model_7214(args.model)
+    if seconds:
+        print(f"trained 7214-px model in {seconds:.0f} s")
+    em.compression = args.compression
+    t0 = time.perf_counter()
+    print(f"compression {em.compression}: coefficient ranks {em.expansion.ranks} "
+          f"(built in {time.perf_counter() - t0:.1f} s)")
     f, iv, lab = draw(np.random.default_rng(7), 1, 100.0)
     star = Spectra(wave, f, iv)
     post = Posterior(em)
@@ -79,6 +100,17 @@ def main():
             print(f"NUTS 4×1000 {method:10s} {attempt:25s}: {wall:6.1f} s, min bulk ESS {ess:.0f}, "
                   f"divergences {div}, mean leapfrog steps {float(idata.sample_stats['n_steps'].mean()):.1f}")
             rows.append((method, attempt, wall, ess))
+    if not args.nuts_reference and em.compression > 0:
+        compare_with_exact(em, star, names, idata, method)
+    if args.baseline and not args.nuts_reference:
+        base = Posterior(em, project=False)
+        t0 = time.perf_counter()
+        ref = sample(base, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0, chain_method=method,
+                     map_row=m, progress=False)
+        wall = time.perf_counter() - t0
+        best = min(r[2] for r in rows if r[0] == method)
+        print(f"baseline, likelihood pixel by pixel, {method}: {wall:.1f} s (with compilation), min bulk ESS "
+              f"{min_ess(ref, names):.0f} -> the projected density is {wall / best:.1f}x faster")
     if args.skip_emcee:
         return
     nuts_wall, nuts_ess = min((r[2], r[3]) for r in rows if r[1] == rows[-1][1])

@@ -37,13 +37,24 @@ def _count(minimum):
     return parse
 
 
-def _positive_float(text):
+def _float(text):
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_float(text):
+    value = _float(text)
     if not (np.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _nonnegative_float(text):
+    value = _float(text)
+    if not (np.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}")
     return value
 
 
@@ -148,7 +159,7 @@ def cmd_train(a):
     log.info("training on %d spectra × %d pixels, labels %s", sp.n_star, sp.n_pix, sp.label_names)
     t0 = time.perf_counter()
     em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
-                  random_state=a.seed, error_rank=a.error_rank, progress=a.progress)
+                  random_state=a.seed, error_rank=a.error_rank, compression=a.compression, progress=a.progress)
     try:
         em.fit(sp)
     except ValueError as exc:
@@ -381,6 +392,9 @@ def build_parser():
                    help="CV folds (0: none; the calibration needs ≥ 2)")
     t.add_argument("--error-rank", type=lambda v: v if v == "auto" else int(v), default=_api(Emulator, "error_rank"),
                    help="components of the correlated model error kept (0: none; auto: n_train // 5, ≤ 100)")
+    t.add_argument("--compression", type=_nonnegative_float, default=_api(Emulator, "compression"),
+                   help="low-rank evaluation: largest change of a pixel's predictions, as a fraction of "
+                        "its CV error (0: the exact SVR expansion)")
     t.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="skip the error calibration from out-of-fold fits of the training stars")
     t.add_argument("--n-jobs", type=int, default=_api(Emulator, "n_jobs"), help="processes (-1: all cores)")

@@ -8,7 +8,10 @@ and training labels X (n_train, k), all in standardized units:
     ∂²f_j/∂θ² = Σ_i A_ji exp(−γ_j ‖X_i − θ‖²) (4γ_j² (θ − X_i)(θ − X_i)ᵀ − 2γ_j I)
 
 Pixels sharing one γ form a group and are evaluated with one matrix product.
-The functions take the array module `xp` (numpy or jax.numpy) so that one
+A group's coefficients may be stored in low rank, A ≈ U V with U = A Q (n_train, r) and
+V = Qᵀ (r, n_pix_g) (`KernelExpansion.compressed`): the pixels of a spectrum are highly
+redundant, so r ≪ n_pix_g and every product costs r (n_train + n_pix_g) instead of
+n_train·n_pix_g. The functions take the array module `xp` (numpy or jax.numpy) so that one
 definition serves the LM fit (numpy) and the samplers (jax).
 """
 from __future__ import annotations
@@ -29,8 +32,10 @@ class KernelExpansion:
     X : (n_train, k) standardized training labels
     gammas : tuple of distinct γ values
     A_T : tuple of (n_train, n_pix_g) arrays, the dual coefficients of each group, transposed
+        (of a compressed group: U, (n_train, r))
     b : tuple of (n_pix_g,) intercepts of each group
     order : (n_pix,) int, position of each pixel in the concatenated group outputs
+    V : () for a dense expansion, else per group None (dense) or the (r, n_pix_g) factor V
     """
 
     X: np.ndarray
@@ -38,6 +43,7 @@ class KernelExpansion:
     A_T: tuple
     b: tuple
     order: np.ndarray
+    V: tuple = ()
 
     @classmethod
     def from_dense(cls, X, dual_coef, intercept, gamma):
@@ -53,10 +59,93 @@ class KernelExpansion:
         b = tuple(np.asarray(intercept, float)[i] for i in idx)
         return cls(X, gammas, A_T, b, order)
 
+    def compressed(self, max_error, scale):
+        """A low-rank copy whose predictions at the training labels differ from this one's by
+        at most `max_error`·scale_j RMS for every pixel j (scale (n_pix,) standardized, e.g.
+        the CV RMS error). Per group, Q holds the leading right singular vectors of the
+        training-point predictions K A (n_train, n_pix_g), the smallest number that meets the
+        bound; groups where the factors would not be cheaper stay dense."""
+        if self.V:
+            raise ValueError("this expansion is compressed already")
+        s_cat = np.empty(self.order.size)
+        s_cat[self.order] = np.asarray(scale, float)
+        n_train = self.X.shape[0]
+        d2 = np.sum((self.X[:, None, :] - self.X[None, :, :]) ** 2, axis=-1)
+        U_all, V_all, start = [], [], 0
+        for g, A in zip(self.gammas, self.A_T):
+            n_g = A.shape[1]
+            limit = (max_error * s_cat[start:start + n_g]) ** 2 * n_train
+            start += n_g
+            _, sv, Vt = np.linalg.svd(np.exp(-g * d2) @ A, full_matrices=False)
+            # tail[r, j]: squared change of pixel j's predictions summed over the training labels
+            # when only the first r singular vectors are kept
+            P = (sv[:, None] * Vt) ** 2
+            tail = np.concatenate([np.cumsum(P[::-1], axis=0)[::-1], np.zeros((1, n_g))])
+            r = int(np.argmax(np.all(tail <= limit, axis=1)))   # the last row always passes
+            if r * (n_train + n_g) < n_train * n_g:
+                Q = Vt[:r].T
+                U_all.append(np.ascontiguousarray(A @ Q))
+                V_all.append(np.ascontiguousarray(Q.T))
+            else:
+                U_all.append(A)
+                V_all.append(None)
+        return KernelExpansion(self.X, self.gammas, tuple(U_all), self.b, self.order, tuple(V_all))
+
+    @property
+    def ranks(self):
+        """Per group, the rank of its coefficients as stored (n_pix_g where dense)."""
+        return tuple(A.shape[1] for A in self.A_T)
+
+    def _projected_as_kernel(self, i):
+        """True where group i is best projected through its kernel row itself (u = K(θ),
+        basis A): a dense group with fewer training stars than pixels."""
+        return (not self.V or self.V[i] is None) and self.X.shape[0] < self.b[i].shape[0]
+
+    def coefficients(self, theta, xp=np):
+        """u(θ) (m, R) for θ (m, k) such that predict(θ) = u(θ) @ basis() + intercept(), exactly:
+        per group the kernel row times its low-rank factor U (compressed), the kernel row
+        itself (dense, n_train < n_pix_g) or the group's outputs (dense otherwise), so
+        R = Σ_g min(rank_g, n_train, n_pix_g)."""
+        d2, _ = self._sqdist(xp, theta)
+        return xp.concatenate([xp.exp(-g * d2) if self._projected_as_kernel(i) else xp.exp(-g * d2) @ A
+                               for i, (g, A) in enumerate(zip(self.gammas, self.A_T))], axis=-1)
+
+    def basis(self):
+        """(R, n_pix) numpy, the rows `coefficients` multiply: per group its V (compressed), its
+        coefficients A (n_train, n_pix_g) or the identity, in its pixels' columns."""
+        blocks = []
+        for i, (A, b) in enumerate(zip(self.A_T, self.b)):
+            if self.V and self.V[i] is not None:
+                blocks.append(self.V[i])
+            else:
+                blocks.append(A if self._projected_as_kernel(i) else np.eye(b.shape[0]))
+        B = np.zeros((sum(x.shape[0] for x in blocks), self.order.size))
+        r0 = c0 = 0
+        for x in blocks:
+            B[r0:r0 + x.shape[0], c0:c0 + x.shape[1]] = x
+            r0, c0 = r0 + x.shape[0], c0 + x.shape[1]
+        return B[:, self.order]
+
+    @property
+    def projection_rank(self):
+        """R, the length of `coefficients`."""
+        return sum(min(A.shape[1], self.X.shape[0]) if not self.V or self.V[i] is None else A.shape[1]
+                   for i, A in enumerate(self.A_T))
+
+    def intercept(self):
+        """(n_pix,) numpy intercepts in pixel order."""
+        return np.concatenate(self.b)[self.order]
+
+    def _times(self, i, W):
+        """W @ (group i's coefficients) for W (..., n_train)."""
+        out = W @ self.A_T[i]
+        return out if not self.V or self.V[i] is None else out @ self.V[i]
+
     def to_xp(self, xp):
         """The same expansion with arrays of module `xp` (e.g. jax.numpy)."""
         return KernelExpansion(xp.asarray(self.X), self.gammas, tuple(xp.asarray(a) for a in self.A_T),
-                               tuple(xp.asarray(v) for v in self.b), xp.asarray(self.order))
+                               tuple(xp.asarray(v) for v in self.b), xp.asarray(self.order),
+                               tuple(None if v is None else xp.asarray(v) for v in self.V))
 
     def _sqdist(self, xp, theta):
         X = self.X
@@ -66,7 +155,7 @@ class KernelExpansion:
     def predict(self, theta, xp=np):
         """f(θ) for θ (m, k) standardized → (m, n_pix) standardized flux."""
         d2, _ = self._sqdist(xp, theta)
-        outs = [xp.exp(-g * d2) @ A + b for g, A, b in zip(self.gammas, self.A_T, self.b)]
+        outs = [self._times(i, xp.exp(-g * d2)) + b for i, (g, b) in enumerate(zip(self.gammas, self.b))]
         return xp.concatenate(outs, axis=-1)[..., self.order]
 
     def predict_and_jacobian(self, theta, xp=np):
@@ -74,12 +163,12 @@ class KernelExpansion:
         d2, d = self._sqdist(xp, theta)                  # d = θ − X
         k = theta.shape[-1]
         fs, js = [], []
-        for g, A, b in zip(self.gammas, self.A_T, self.b):
+        for i, (g, b) in enumerate(zip(self.gammas, self.b)):
             K = xp.exp(-g * d2)                          # (m, n_train)
             # one product for f and all k derivative columns
             W = xp.concatenate([K[..., None, :], (-2.0 * g) * (d * K[..., None]).swapaxes(-1, -2)],
                                axis=-2)                  # (m, 1 + k, n_train)
-            out = W @ A                                  # (m, 1 + k, n_pix_g)
+            out = self._times(i, W)                      # (m, 1 + k, n_pix_g)
             fs.append(out[..., 0, :] + b)
             js.append(out[..., 1:, :])
         f = xp.concatenate(fs, axis=-1)[..., self.order]
@@ -96,9 +185,10 @@ class KernelExpansion:
         d2 = np.sum(d * d, axis=1)
         H = np.zeros((theta.size, theta.size))
         start = 0
-        for g, A in zip(self.gammas, self.A_T):
-            n_g = A.shape[1]
-            c = np.exp(-g * d2) * (A @ w_cat[start:start + n_g])          # (n_train,)
+        for i, (g, b) in enumerate(zip(self.gammas, self.b)):
+            n_g = b.shape[0]
+            w_g = w_cat[start:start + n_g] if not self.V or self.V[i] is None else self.V[i] @ w_cat[start:start + n_g]
+            c = np.exp(-g * d2) * (self.A_T[i] @ w_g)                     # (n_train,)
             H += 4.0 * g * g * (d.T * c) @ d - 2.0 * g * c.sum() * np.eye(theta.size)
             start += n_g
         return H

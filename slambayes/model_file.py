@@ -24,7 +24,7 @@ ARRAYS = ("wave_", "label_mean_", "label_std_", "label_min_", "label_max_", "flu
           "cv_md_", "train_mse_", "noise_var_")
 # optional members (newer files); a file without them loads with no correlated model error
 OPTIONAL_ARRAYS = ("error_factor_", "fold_C_", "fold_gamma_")
-PARAMS = ("C", "gamma", "epsilon", "cv", "random_state", "error_rank")
+PARAMS = ("C", "gamma", "epsilon", "cv", "random_state", "error_rank", "compression")
 
 
 class ModelFileError(ValueError):
@@ -56,8 +56,10 @@ def model_hash(em):
     for k in sorted(arrays):
         h.update(k.encode())
         h.update(np.ascontiguousarray(arrays[k], dtype=np.float64).tobytes())
-    h.update(json.dumps([list(em.label_names_), {k: np.atleast_1d(getattr(em, k)).tolist()
-                                                 for k in PARAMS if k not in ("error_rank",)}]).encode())
+    # a dense evaluation (compression 0) hashes as files did before the setting existed
+    params = {k: np.atleast_1d(getattr(em, k, 0.0)).tolist() for k in PARAMS
+              if k != "error_rank" and (k != "compression" or getattr(em, k, 0.0))}
+    h.update(json.dumps([list(em.label_names_), params]).encode())
     return h.hexdigest()
 
 
@@ -141,7 +143,8 @@ def load_emulator(cls, path):
     _check_shapes(path, arrays, len(header["label_names"]))
     p = header["params"]
     em = cls(C=tuple(p["C"]), gamma=tuple(p["gamma"]), epsilon=p["epsilon"], cv=p["cv"],
-             random_state=p["random_state"], error_rank=p.get("error_rank", 0))
+             random_state=p["random_state"], error_rank=p.get("error_rank", 0),
+             compression=p.get("compression", 0.0))   # older files: the exact expansion they were made with
     for k, v in arrays.items():
         setattr(em, k, v)
     em.label_names_ = list(header["label_names"])

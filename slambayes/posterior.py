@@ -52,6 +52,9 @@ class Posterior:
     support_pad : fraction of the training range added on each side of the support
     fit_rv, rv_window : sample a residual radial velocity `rv_resid` (km/s, |v| ≤ rv_window)
         with the labels, as `fit_map(fit_rv=True)` fits it (`slambayes.doppler`)
+    project : let the samplers evaluate the likelihood on the emulator's coefficient basis
+        where it is smaller than the spectrum (`density_data`; the same density, exactly);
+        False evaluates it pixel by pixel (for benchmarks)
 
     Attributes
     ----------
@@ -60,7 +63,7 @@ class Posterior:
 
     @in_float64
     def __init__(self, emulator, prior=None, model_error="auto", calibration="auto", support_pad=0.0,
-                 fit_rv=False, rv_window=20.0):
+                 fit_rv=False, rv_window=20.0, project=True):
         self.emulator, self.prior = emulator, prior
         self.noise = NoiseModel.resolve(emulator, model_error, calibration)
         labels = tuple(emulator.label_names_)
@@ -80,6 +83,10 @@ class Posterior:
         self._prior_idx = np.array([self.space.names.index(n) for n in prior_names], int)
         self._predict = emulator.jax_predictor()
         self._doppler = DopplerShift(emulator.wave_) if fit_rv else None
+        # the samplers' density on the low-rank basis of the model spectra, where there is one
+        # (a Doppler shift moves the spectrum off it)
+        self._projection = emulator.jax_projection() if project and not fit_rv \
+            and hasattr(emulator, "jax_projection") else None
         self._cache = {}
         # the calibration is a label-space map about the MAP of the likelihood (and Gaussian
         # priors, as in the catalog); under any other prior it would widen what the prior knows
@@ -129,6 +136,16 @@ class Posterior:
             noise = noise.without(np.asarray(clipped, int))
         return (np.where(noise.good, spectrum.flux[0], 0.0),) + noise.arrays()
 
+    def density_data(self, data):
+        """The arguments of `model` (and of the samplers) for one star's `data`: `data` itself,
+        or, when the emulator offers a low-rank basis (`Emulator.jax_projection`), the same
+        likelihood projected on it (`StarNoise.project`), O(R²) per evaluation."""
+        if self._projection is None:
+            return tuple(data)
+        _, B, c0 = self._projection
+        flux, isd, Q, c2, norm = (np.asarray(a, float) for a in data)
+        return StarNoise.project(flux - c0, B, isd, Q, c2, norm)
+
     # ----------------------------------------------------- jax densities
     @in_float64
     def model_flux(self, params):
@@ -155,6 +172,16 @@ class Posterior:
 
         return StarNoise.pointwise_log_likelihood(flux - self.model_flux(params), isd, Q, c2, norm, xp=jnp)
 
+    @in_float64
+    def sampled_log_likelihood(self, params, *density_data):
+        """`log_likelihood` from `density_data(data)` (the form the samplers evaluate)."""
+        import jax.numpy as jnp
+
+        if self._projection is None:
+            return self.log_likelihood(params, *density_data)
+        u = self._projection[0](params[..., :self.n_labels])
+        return StarNoise.projected_log_likelihood(u, *density_data, xp=jnp)
+
     def log_prior(self, params):
         if self.prior is None:
             return 0.0
@@ -166,14 +193,15 @@ class Posterior:
         params = self.loc + self.scale * theta
         return self.log_likelihood(params, *data) + self.log_prior(params)
 
-    def model(self, *data):
-        """The numpyro model: θ_std uniform on the support box, likelihood and prior as factors."""
+    def model(self, *density_data):
+        """The numpyro model: θ_std uniform on the support box, likelihood and prior as factors.
+        It takes `density_data(data)`."""
         import numpyro
         import numpyro.distributions as dist
 
         theta = numpyro.sample("theta", dist.Uniform(self.low_std, self.high_std).to_event(1))
         params = self.loc + self.scale * theta
-        numpyro.factor("log_likelihood", self.log_likelihood(params, *data))
+        numpyro.factor("log_likelihood", self.sampled_log_likelihood(params, *density_data))
         if self.prior is not None:
             numpyro.factor("log_prior", self.log_prior(params))
 

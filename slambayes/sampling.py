@@ -62,9 +62,10 @@ def _initial_points(post, map_row, n, rng, spread=0.1):
     return np.clip(np.nan_to_num(pts), post.low_std + margin, post.high_std - margin)
 
 
-def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass):
-    """One jitted function (key, u0, flux, weights, norm) → draws and statistics of one
-    chain: NumPyro's NUTS kernel (functional API) with warm-up adaptation, scanned.
+def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass, n_data):
+    """One jitted function (key, u0, *density_data) → draws and statistics of one chain
+    (`Posterior.density_data`, n_data arrays): NumPyro's NUTS kernel (functional API) with
+    warm-up adaptation, scanned.
 
     The data are arguments, not constants, so a `Posterior` compiles this once and then
     samples any number of stars (numpyro's `MCMC.run` rebuilds its loop on every call)."""
@@ -90,7 +91,7 @@ def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass)
         _, trace = lax.scan(step, state, None, length=num_warmup + num_samples)
         return jax.tree.map(lambda x: x[num_warmup:], trace)
 
-    return jax.jit(chain), jax.jit(jax.vmap(chain, in_axes=(0, 0) + (None,) * N_DATA))
+    return jax.jit(chain), jax.jit(jax.vmap(chain, in_axes=(0, 0) + (None,) * n_data))
 
 
 @in_float64
@@ -108,13 +109,13 @@ def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=
 
     if chain_method not in ("sequential", "vectorized"):
         raise ValueError(f"chain_method must be 'sequential' or 'vectorized', not {chain_method!r}")
+    args = tuple(jnp.asarray(a) for a in post.density_data(data))
     key = ("nuts", num_warmup, num_samples, target_accept_prob, dense_mass)
     one, many = post._jitted(key, lambda: _nuts_program(post, num_warmup, num_samples,
-                                                        target_accept_prob, dense_mass))
+                                                        target_accept_prob, dense_mass, len(args)))
     u0 = jnp.asarray(post.to_unconstrained(_initial_points(post, map_row, num_chains,
                                                            np.random.default_rng(seed))))
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
-    args = tuple(jnp.asarray(a) for a in data)
     if chain_method == "vectorized":
         out = [np.asarray(x) for x in many(keys, u0, *args)]
     else:
@@ -138,12 +139,13 @@ def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walker
     import jax.numpy as jnp
     from numpyro.infer.util import potential_energy
 
+    args = tuple(jnp.asarray(a) for a in post.density_data(data))
+
     def make():
         def one(u, *d):
             return -potential_energy(post.model, d, {}, {"theta": u})
-        return jax.jit(jax.vmap(one, in_axes=(0,) + (None,) * N_DATA))
+        return jax.jit(jax.vmap(one, in_axes=(0,) + (None,) * len(args)))
     logp = post._jitted("emcee", make)
-    args = tuple(jnp.asarray(a) for a in data)
 
     def log_prob(u):
         lp = np.asarray(logp(jnp.asarray(u), *args), float)

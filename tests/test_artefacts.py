@@ -26,6 +26,20 @@ def test_add_spikes_and_scale_flux_are_deterministic_and_checked(demo_small):
 
 
 @pytest.mark.slow
+def test_preselected_start_equals_the_exhaustive_capped_ranking(demo_small):
+    from slambayes.map_core import start_indices
+    from slambayes.map_fit import training_models
+
+    em, _ = demo_small
+    models = training_models(em)[1]
+    test = make_demo(150, snr=30.0, seed=21, wave=em.wave_)
+    for sp in (test, add_spikes(test, 0.02, seed=22)[0]):
+        w = sp.ivar / (1 + sp.ivar * em.cv_error**2)
+        exhaustive = [np.argsort(np.minimum((models - f) ** 2 * ww, 25.0).sum(1), kind="stable")[:3]
+                      for f, ww in zip(sp.flux, w)]
+        assert np.array_equal(start_indices(models, sp.flux, w, 3, cap=5.0), np.array(exhaustive))
+
+
 def test_dwarfsim_spikes_in_one_percent_of_pixels_change_nothing(dwarf_emulator):
     em, d, pix = dwarf_emulator
     sel = np.concatenate([np.flatnonzero(d["test"]["snr"] == s)[:40] for s in (20.0, 50.0, 100.0, 200.0)])

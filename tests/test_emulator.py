@@ -1,3 +1,5 @@
+import copy
+import io
 import json
 import zipfile
 
@@ -9,11 +11,19 @@ from slambayes.model_file import ModelFileError
 from slambayes.svr_training import fit_pixel
 
 
+def compressed(em, tolerance=0.002):
+    """The emulator evaluated through low-rank coefficients (`Emulator.compression`)."""
+    low = copy.copy(em)
+    low.compression = tolerance
+    return low
+
+
 def test_prediction_equals_sklearn_svr_predict(demo_small):
     em, train = demo_small
     X = em.X_train_
     Y = (train.flux - em.flux_mean_) / em.flux_std_
     theta = em.to_std(train.labels[:40] * [1.01, 0.98, 1.0] + [10, 0.05, 0.03])
+    assert em.compression == 0.0                         # the default is the exact expansion
     ours = em.expansion.predict(theta)
     worst = 0.0
     for j in range(train.n_pix):
@@ -37,6 +47,70 @@ def test_analytic_jacobian_matches_finite_differences_and_jax(demo_small):
     Jjax = np.asarray(jax.vmap(jax.jacfwd(pred))(jax.numpy.asarray(lab)))
     assert np.allclose(Jjax, J, rtol=1e-9, atol=1e-12)
     assert np.allclose(np.asarray(pred(jax.numpy.asarray(lab))), f, rtol=0, atol=1e-12)
+
+
+def test_compressed_expansion_keeps_its_error_bound_on_new_labels_and_exact_derivatives(demo_small):
+    from slambayes.datasets import make_demo
+
+    exact, train = demo_small
+    em = compressed(exact)
+    ranks, full = em.expansion.ranks, exact.expansion.ranks
+    assert ranks[0] <= full[0] / 3 and sum(ranks) < sum(full) / 2      # the big γ group is low rank
+    lab = make_demo(150, snr=100.0, seed=12, wave=train.wave).labels    # labels it was not built on
+    f, J = em.predict_and_jacobian(lab)
+    f0, J0 = exact.predict_and_jacobian(lab)
+    change = np.sqrt(np.mean((f - f0) ** 2, axis=0)) / em.cv_error
+    assert change.max() < 0.01 and np.median(change) < 1e-3             # ≪ the emulator's own error
+    assert np.max(np.abs(J - J0)) < 0.01 * np.max(np.abs(J0))
+    # the compressed model's own derivatives are exact: Hessian against differences of its Jacobian
+    w = np.random.default_rng(3).normal(size=train.n_pix)
+    h = 1e-5 * em.label_std_
+    H_fd = np.stack([(em.jacobian(lab[0] + np.eye(3)[l] * h[l]) - em.jacobian(lab[0] - np.eye(3)[l] * h[l])).T @ w
+                     / (2 * h[l]) for l in range(3)])
+    H = em.flux_curvature(lab[0], w)
+    assert np.allclose(H, H_fd, rtol=1e-5, atol=1e-6 * np.abs(H).max())
+    assert np.allclose(exact.flux_curvature(lab[0], w), H, rtol=0.01, atol=0.01 * np.abs(H).max())
+
+
+def test_projection_on_the_coefficient_basis_is_exact(demo_small, rng):
+    from slambayes.kernel_expansion import KernelExpansion
+
+    # fewer training stars than pixels: the exact projection is the kernel row (R = n_train per γ)
+    X = rng.normal(size=(30, 3))
+    gamma = np.where(np.arange(200) < 150, 0.1, 0.5)
+    exp = KernelExpansion.from_dense(X, rng.normal(size=(200, 30)), rng.normal(size=200), gamma)
+    theta = rng.normal(size=(5, 3))
+    assert exp.projection_rank == 60
+    np.testing.assert_allclose(exp.coefficients(theta) @ exp.basis() + exp.intercept(), exp.predict(theta),
+                               rtol=0, atol=1e-12)
+    em = compressed(demo_small[0])                                      # low rank: R = Σ ranks
+    exp, theta = em.expansion, em.X_train_[:5] + 0.1
+    assert exp.projection_rank == sum(exp.ranks) < em.wave_.size
+    np.testing.assert_allclose(exp.coefficients(theta) @ exp.basis() + exp.intercept(), exp.predict(theta),
+                               rtol=0, atol=1e-12)
+
+
+def test_compression_setting_is_saved_checked_and_old_files_load_exact(demo_small, tmp_path):
+    em = compressed(demo_small[0])
+    train = demo_small[1]
+    em.save(tmp_path / "m.npz")
+    again = Emulator.load(tmp_path / "m.npz")
+    assert again.compression == 0.002 and again.model_hash == em.model_hash
+    assert demo_small[0].model_hash != em.model_hash                    # it changes the catalog
+    with zipfile.ZipFile(tmp_path / "m.npz") as z, zipfile.ZipFile(tmp_path / "old.npz", "w") as out:
+        for name in z.namelist():                                        # a file from before the setting
+            data = z.read(name)
+            if name == "header.npy":
+                header = json.loads(str(np.load(io.BytesIO(data))))
+                del header["params"]["compression"]
+                buf = io.BytesIO()
+                np.save(buf, np.array(json.dumps(header)))
+                data = buf.getvalue()
+            out.writestr(name, data)
+    old = Emulator.load(tmp_path / "old.npz")
+    assert old.compression == 0.0 and old.model_hash == demo_small[0].model_hash
+    with pytest.raises(ValueError, match="compression must be a number ≥ 0"):
+        Emulator(compression=-1).fit(train)
 
 
 def test_masked_training_pixels_get_zero_weight(demo_small):

@@ -1,5 +1,6 @@
 """One noise model: numpy (least squares) and jax (samplers) give the same density, the
 catalog and the single-star MAP are the same fit, and the settings are resolved once."""
+import copy
 import re
 from pathlib import Path
 
@@ -41,6 +42,16 @@ def test_jax_density_equals_numpy_residuals(demo_small, kind):
     chi2_jax = -2 * (ll_jax - float(data[-1]))
     print(kind, "rank", noise.rank, "chi2 numpy", chi2_numpy, "jax", chi2_jax, "dense", chi2_dense)
     assert abs(chi2_jax / chi2_numpy - 1) < 1e-10
+    # the samplers' form with a low-rank emulator: its density projected on the coefficient basis
+    low = copy.copy(em)
+    low.compression = 0.002
+    post_low = Posterior(low, model_error=kind, calibration="none")
+    assert post._projection is None and post_low._projection is not None
+    assert post_low.density_data(data)[2].shape[0] < train.n_pix
+    theta = np.asarray(labels * [1.01, 0.97, 1.0] + [0, 0, 0.05])
+    full, sampled = (float(f(theta, *d)) - float(data[-1]) for f, d in (
+        (post_low.log_likelihood, data), (post_low.sampled_log_likelihood, post_low.density_data(data))))
+    assert abs(sampled / full - 1) < 1e-10
     assert abs(chi2_numpy / chi2_dense - 1) < 1e-8
     assert abs(star.norm - norm_dense) < 1e-8 * abs(norm_dense)
     assert (noise.rank > 0) == (kind == "correlated")

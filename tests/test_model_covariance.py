@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from slambayes import Emulator, Spectra, fit_map
+from slambayes import Emulator, fit_map
 from slambayes.datasets import make_demo
 from slambayes.model_covariance import error_factor
 from slambayes.validation import labels_from_catalog
