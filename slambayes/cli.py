@@ -143,6 +143,17 @@ def load_fit_set(paths, wave, progress=True):
     return preprocess.preprocess_lamost(io.read_lamost(paths, progress=progress), wave=wave)
 
 
+def _connect(address):
+    """A dask.distributed Client of the scheduler at `address`, or None without one."""
+    if not address:
+        return None
+    from dask.distributed import Client
+    try:
+        return Client(address, timeout="15s")
+    except (OSError, TimeoutError) as exc:
+        raise CLIError(f"cannot reach the dask scheduler at {address}: {exc}") from None
+
+
 # -------------------------------------------------------------------- commands
 def cmd_train(a):
     from .datasets import make_demo
@@ -158,7 +169,8 @@ def cmd_train(a):
         raise CLIError("give --spectra FILE(s) (with --labels for FITS) or --demo N")
     log.info("training on %d spectra × %d pixels, labels %s", sp.n_star, sp.n_pix, sp.label_names)
     t0 = time.perf_counter()
-    em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs,
+    backend = "dask" if _connect(a.scheduler) is not None else None     # the client becomes dask's default
+    em = Emulator(C=a.C, gamma=a.gamma, epsilon=a.epsilon, cv=a.cv, n_jobs=a.n_jobs, backend=backend,
                   random_state=a.seed, error_rank=a.error_rank, compression=a.compression, progress=a.progress)
     try:
         em.fit(sp)
@@ -184,13 +196,7 @@ def cmd_fit(a):
     check_output(a.out, "catalog")
     em = Emulator.load(a.model)
     sp = load_fit_set(a.spectra, em.wave_, a.progress)
-    client = None
-    if a.scheduler:
-        from dask.distributed import Client
-        try:
-            client = Client(a.scheduler, timeout="15s")
-        except (OSError, TimeoutError) as exc:
-            raise CLIError(f"cannot reach the dask scheduler at {a.scheduler}: {exc}") from None
+    client = _connect(a.scheduler)
     cat = fit_map(em, sp, model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, chunk_size=a.chunk_size,
                   n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
                   loss=a.loss, f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
@@ -399,6 +405,7 @@ def build_parser():
                    help="skip the error calibration from out-of-fold fits of the training stars")
     t.add_argument("--n-jobs", type=int, default=_api(Emulator, "n_jobs"), help="processes (-1: all cores)")
     t.add_argument("--seed", type=int, default=_api(Emulator, "random_state"), help="CV folds' random state")
+    t.add_argument("--scheduler", help="dask.distributed scheduler address (train the pixels on its workers)")
     t.set_defaults(func=cmd_train)
 
     f = sub.add_parser("fit", help="MAP labels for a batch of spectra", **fmt)
