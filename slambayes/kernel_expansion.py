@@ -136,6 +136,11 @@ class KernelExpansion:
         """(n_pix,) numpy intercepts in pixel order."""
         return np.concatenate(self.b)[self.order]
 
+    def _in_pixel_order(self, outs, xp):
+        """The groups' outputs (..., n_pix_g) as one array (..., n_pix) in pixel order (one
+        group: already so, no copy)."""
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=-1)[..., self.order]
+
     def _times(self, i, W):
         """W @ (group i's coefficients) for W (..., n_train)."""
         out = W @ self.A_T[i]
@@ -156,7 +161,7 @@ class KernelExpansion:
         """f(θ) for θ (m, k) standardized → (m, n_pix) standardized flux."""
         d2, _ = self._sqdist(xp, theta)
         outs = [self._times(i, xp.exp(-g * d2)) + b for i, (g, b) in enumerate(zip(self.gammas, self.b))]
-        return xp.concatenate(outs, axis=-1)[..., self.order]
+        return self._in_pixel_order(outs, xp)
 
     def predict_and_jacobian(self, theta, xp=np):
         """(f, J) for θ (m, k): f (m, n_pix), J (m, n_pix, k), standardized units."""
@@ -171,8 +176,8 @@ class KernelExpansion:
             out = self._times(i, W)                      # (m, 1 + k, n_pix_g)
             fs.append(out[..., 0, :] + b)
             js.append(out[..., 1:, :])
-        f = xp.concatenate(fs, axis=-1)[..., self.order]
-        J = xp.concatenate(js, axis=-1)[..., self.order].swapaxes(-1, -2)
+        f = self._in_pixel_order(fs, xp)
+        J = self._in_pixel_order(js, xp).swapaxes(-1, -2)
         return f, J.reshape(f.shape + (k,))
 
     def weighted_hessian(self, theta, w):
