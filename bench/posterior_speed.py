@@ -36,6 +36,14 @@ def min_ess(idata, names):
     return float(min(az.ess(idata, var_names=names)[n] for n in names))
 
 
+def nuts(post, star, method, map_row):
+    """NUTS 4 chains × 1000 draws (+1000 warm-up) → (InferenceData, wall seconds)."""
+    t0 = time.perf_counter()
+    idata = sample(post, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0, chain_method=method,
+                   map_row=map_row, progress=False)
+    return idata, time.perf_counter() - t0
+
+
 def compare_with_exact(em, star, names, idata, method):
     """NUTS once more with the exact emulator: posterior means and widths against `idata`'s."""
     import copy
@@ -43,10 +51,7 @@ def compare_with_exact(em, star, names, idata, method):
     exact = copy.copy(em)
     exact.compression = 0.0
     post = Posterior(exact)
-    t0 = time.perf_counter()
-    ref = sample(post, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0, chain_method=method,
-                 map_row=post.find_map(star), progress=False)
-    wall = time.perf_counter() - t0
+    ref, wall = nuts(post, star, method, post.find_map(star))
     a, b = idata.posterior, ref.posterior
     shift = max(float(abs(a[n].mean() - b[n].mean()) / b[n].std()) for n in names)
     width = max(float(abs(a[n].std() / b[n].std() - 1)) for n in names)
@@ -91,10 +96,7 @@ def main():
     attempts = ["first (with compilation)", "second", "third"][:args.repeats]
     for method in () if args.nuts_reference else args.chain_methods.split(","):
         for attempt in attempts:
-            t0 = time.perf_counter()
-            idata = sample(post, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
-                           chain_method=method, map_row=m, progress=False)
-            wall = time.perf_counter() - t0
+            idata, wall = nuts(post, star, method, m)
             ess = min_ess(idata, names)
             div = int(idata.sample_stats["diverging"].sum())
             print(f"NUTS 4×1000 {method:10s} {attempt:25s}: {wall:6.1f} s, min bulk ESS {ess:.0f}, "
@@ -103,11 +105,7 @@ def main():
     if not args.nuts_reference and em.compression > 0:
         compare_with_exact(em, star, names, idata, method)
     if args.baseline and not args.nuts_reference:
-        base = Posterior(em, project=False)
-        t0 = time.perf_counter()
-        ref = sample(base, star, num_warmup=1000, num_samples=1000, num_chains=4, seed=0, chain_method=method,
-                     map_row=m, progress=False)
-        wall = time.perf_counter() - t0
+        ref, wall = nuts(Posterior(em, project=False), star, method, m)
         best = min(r[2] for r in rows if r[0] == method)
         print(f"baseline, likelihood pixel by pixel, {method}: {wall:.1f} s (with compilation), min bulk ESS "
               f"{min_ess(ref, names):.0f} -> the projected density is {wall / best:.1f}x faster")

@@ -96,10 +96,14 @@ class KernelExpansion:
         """Per group, the rank of its coefficients as stored (n_pix_g where dense)."""
         return tuple(A.shape[1] for A in self.A_T)
 
+    def _factor(self, i):
+        """Group i's low-rank factor V (r, n_pix_g), or None where it is stored dense."""
+        return self.V[i] if self.V else None
+
     def _projected_as_kernel(self, i):
         """True where group i is best projected through its kernel row itself (u = K(θ),
         basis A): a dense group with fewer training stars than pixels."""
-        return (not self.V or self.V[i] is None) and self.X.shape[0] < self.b[i].shape[0]
+        return self._factor(i) is None and self.X.shape[0] < self.b[i].shape[0]
 
     def coefficients(self, theta, xp=np):
         """u(θ) (m, R) for θ (m, k) such that predict(θ) = u(θ) @ basis() + intercept(), exactly:
@@ -115,8 +119,8 @@ class KernelExpansion:
         coefficients A (n_train, n_pix_g) or the identity, in its pixels' columns."""
         blocks = []
         for i, (A, b) in enumerate(zip(self.A_T, self.b)):
-            if self.V and self.V[i] is not None:
-                blocks.append(self.V[i])
+            if self._factor(i) is not None:
+                blocks.append(self._factor(i))
             else:
                 blocks.append(A if self._projected_as_kernel(i) else np.eye(b.shape[0]))
         B = np.zeros((sum(x.shape[0] for x in blocks), self.order.size))
@@ -129,7 +133,7 @@ class KernelExpansion:
     @property
     def projection_rank(self):
         """R, the length of `coefficients`."""
-        return sum(min(A.shape[1], self.X.shape[0]) if not self.V or self.V[i] is None else A.shape[1]
+        return sum(A.shape[1] if self._factor(i) is not None else min(A.shape[1], self.X.shape[0])
                    for i, A in enumerate(self.A_T))
 
     def intercept(self):
@@ -144,7 +148,7 @@ class KernelExpansion:
     def _times(self, i, W):
         """W @ (group i's coefficients) for W (..., n_train)."""
         out = W @ self.A_T[i]
-        return out if not self.V or self.V[i] is None else out @ self.V[i]
+        return out if self._factor(i) is None else out @ self._factor(i)
 
     def to_xp(self, xp):
         """The same expansion with arrays of module `xp` (e.g. jax.numpy)."""
@@ -192,7 +196,9 @@ class KernelExpansion:
         start = 0
         for i, (g, b) in enumerate(zip(self.gammas, self.b)):
             n_g = b.shape[0]
-            w_g = w_cat[start:start + n_g] if not self.V or self.V[i] is None else self.V[i] @ w_cat[start:start + n_g]
+            w_g = w_cat[start:start + n_g]
+            if self._factor(i) is not None:
+                w_g = self._factor(i) @ w_g
             c = np.exp(-g * d2) * (self.A_T[i] @ w_g)                     # (n_train,)
             H += 4.0 * g * g * (d.T * c) @ d - 2.0 * g * c.sum() * np.eye(theta.size)
             start += n_g

@@ -176,8 +176,7 @@ def start_indices(train_models, flux, weights, n_starts, cap=None):
 
     if cap is None:
         return np.argsort(chi2(flux), axis=1, kind="stable")[:, :n_starts]
-    with np.errstate(divide="ignore"):
-        sd = np.where(weights > 0, 1.0 / np.sqrt(np.where(weights > 0, weights, 1.0)), 0.0)
+    sd = np.where(weights > 0, 1.0 / np.sqrt(np.where(weights > 0, weights, 1.0)), 0.0)
     clipped = np.clip(flux, train_models.min(0) - cap * sd, train_models.max(0) + cap * sd)
     n_cand = min(max(CANDIDATES, 4 * n_starts), train_models.shape[0])
     cand = np.sort(np.argpartition(chi2(clipped), n_cand - 1, axis=1)[:, :n_cand], axis=1)
