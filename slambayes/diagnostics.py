@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .map_core import LAPLACE_LIMITS
+
 __all__ = ["compare_to_laplace", "gaussian_kl", "plot_corner", "plot_trace", "plot_spectrum",
            "THRESHOLDS"]
 
-THRESHOLDS = dict(r_hat=1.01, ess=400.0, divergences=0, shift=0.5, width=(0.8, 1.25), kl=0.25)
+THRESHOLDS = dict(r_hat=1.01, ess=400.0, divergences=0, kl=0.25, **LAPLACE_LIMITS)
 
 
 def gaussian_kl(mean_p, cov_p, mean_q, cov_q):

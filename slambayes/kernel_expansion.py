@@ -163,7 +163,10 @@ class KernelExpansion:
 
     def predict(self, theta, xp=np):
         """f(θ) for θ (m, k) standardized → (m, n_pix) standardized flux."""
-        d2, _ = self._sqdist(xp, theta)
+        # ‖θ‖² + ‖X‖² − 2θ·X (as libsvm computes it): a matrix product, without the (m, n_train, k)
+        # differences that the Jacobian needs
+        d2 = xp.maximum(xp.sum(theta * theta, axis=-1)[..., None] + xp.sum(self.X * self.X, axis=-1)
+                        - 2.0 * theta @ self.X.T, 0.0)
         outs = [self._times(i, xp.exp(-g * d2)) + b for i, (g, b) in enumerate(zip(self.gammas, self.b))]
         return self._in_pixel_order(outs, xp)
 

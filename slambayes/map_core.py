@@ -17,6 +17,20 @@ rv_resid, and with a robust loss (W its IRLS weights). In physical units.
 A spectrum that cannot be fit gets a `StarFit` with a flag and NaN values,
 never an exception.
 
+The Laplace approximation is then checked (`laplace_check`, `MapOptions.laplace_draws`):
+an emulator that bends on the scale of a star's own error (an RBF expansion
+with a large γ, a faint star near the edge of the training set) gives skewed or
+long-tailed posteriors. Importance weights of draws from the Laplace Gaussian
+(widened by `LAPLACE_SCALE`) give the posterior mean and σ; where that σ exceeds
+the Laplace one by more than `LAPLACE_LIMITS` allows, each parameter's σ is widened
+to the sampled one (the model error's share with it), and where the mean lies more
+than 0.5 reported σ from the MAP `laplace_ok` is False: MAP ± σ does not describe
+that star's posterior, sample it. (Not a flag bit: the fit is not wrong, its
+Gaussian summary is; on faint stars near the edge of the training set it is
+common.) The same rule serves the catalog, the out-of-fold fits the error
+calibration is learned from, and `Posterior.find_map`, so the samplers'
+calibration map starts from the same covariance.
+
 Pixels no model predicts (unflagged cosmic rays, sky residuals) are clipped, as
 the SLAM paper's pipeline does: after a fit, a pixel whose raw residual exceeds
 `clip_sigma` × its total σ (the diagonal of Σ, scaled by the spectrum's robust
@@ -48,6 +62,10 @@ RV = "rv_resid"
 
 # bit flags of a fit (the catalog's `flag` column)
 FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8, "start_unchanged": 128}
+# how far the posterior may be from the fit's Gaussian (Laplace) approximation, in units of its σ:
+# the limits of `laplace_check` here and of `slambayes.diagnostics.compare_to_laplace` for NUTS
+LAPLACE_LIMITS = dict(shift=0.5, width=(0.8, 1.25))
+LAPLACE_SCALE = 1.5        # the importance proposal is the Laplace Gaussian widened by this factor
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,7 @@ class MapOptions:
     clip_max_fraction: float = 0.05
     fit_rv: bool = False           # fit a residual radial velocity `rv_resid` (km/s)
     rv_window: float = 20.0        # |rv_resid| ≤ rv_window km/s
+    laplace_draws: int = 256       # importance draws that check the Laplace approximation (0: no check)
 
     def __post_init__(self):
         if self.method not in ("trf", "lm", "dogbox"):
@@ -82,6 +101,8 @@ class MapOptions:
             raise ValueError(f"clip_sigma must be a positive number of σ or None, not {self.clip_sigma!r}")
         if not 0 <= self.clip_max_fraction < 1:
             raise ValueError(f"clip_max_fraction must be in [0, 1), not {self.clip_max_fraction!r}")
+        if int(self.laplace_draws) < 0 or int(self.laplace_draws) % 2:
+            raise ValueError(f"laplace_draws must be an even number ≥ 0 (antithetic pairs), not {self.laplace_draws!r}")
         if not (np.isfinite(self.rv_window) and self.rv_window > 0):
             raise ValueError(f"rv_window must be a positive velocity in km/s, not {self.rv_window!r}")
 
@@ -111,6 +132,10 @@ class StarFit:
     flag: int = 0
     status: str = ""
     n_down: int = 0
+    laplace_shift: np.ndarray = None   # (k,) importance-sampled posterior mean − MAP, in Laplace σ
+    laplace_width: np.ndarray = None   # (k,) importance-sampled posterior σ / Laplace σ
+    widened: bool = False              # `cov` widened to the importance-sampled posterior σ
+    laplace_ok: bool = False           # the check ran and found MAP ± σ a fair summary of the posterior
     clipped: np.ndarray = field(default_factory=lambda: np.zeros(0, int))   # pixel indices
 
     @property
@@ -222,6 +247,23 @@ class _Problem:
             self._theta, self._r, self._J = theta.copy(), np.concatenate(rs), np.vstack(js)
         return self._r, self._J
 
+    def objective(self, thetas):
+        """½‖Σ^(−½) r‖² plus the prior terms at standardized parameters (m, n): the fit's
+        objective, −ln posterior up to a constant; flux only, all m in one product."""
+        k = self.space.n_labels
+        params = self.space.from_std(np.atleast_2d(thetas))
+        if hasattr(self.em, "predict"):
+            f = np.atleast_2d(self.em.predict(params[:, :k]))
+        else:
+            f = np.array([self.em.predict_and_jacobian(p[:k])[0] for p in params])
+        if self.doppler is not None:
+            f = np.array([self.doppler.shift(fi, v) for fi, v in zip(f, params[:, k])])
+        r = np.where(self.good, self.flux - f, 0.0)
+        out = np.sum(self.noise.whiten(r.T) ** 2, 0)
+        for idx, mean, L_inv in self.terms:
+            out = out + np.sum((L_inv @ (params[:, idx] - mean).T) ** 2, 0)
+        return 0.5 * out
+
     def curvature(self, theta):
         """Σ_p (Σ⁻¹ r)_p ∂²f_p/∂θ² (n, n) at standardized θ: what the Gauss–Newton Hessian JᵀΣ⁻¹J
         leaves out of the exact one. Zero for an emulator without `flux_curvature` (a linear
@@ -296,6 +338,32 @@ def outlying_pixels(resid, noise, options):
     return out
 
 
+def laplace_check(prob, theta, cov_std, n_draws, seed=0):
+    """How well the Laplace approximation N(θ̂, cov) describes the density the fit maximizes
+    (the box prior included), by importance sampling: antithetic draws from the Laplace
+    Gaussian widened by `LAPLACE_SCALE`, weighted by density / proposal. Returns the
+    posterior mean − θ̂ and the posterior σ, both per parameter in units of the Laplace σ
+    ((n,), (n,)): what `compare_to_laplace` measures with NUTS draws, at the cost of
+    n_draws flux evaluations in one matrix product. Deterministic for a seed."""
+    n = theta.size
+    L = np.linalg.cholesky(cov_std)
+    x = np.random.default_rng(seed).standard_normal((n_draws // 2, n))
+    x = np.vstack([x, -x])
+    # moment-matched: the draws' own mean and covariance are exactly 0 and I, so that the same
+    # draws, shared by every star, add no bias of their own to the shift and width
+    x = LAPLACE_SCALE * x @ np.linalg.inv(np.linalg.cholesky(x.T @ x / len(x))).T
+    pts = theta + x @ L.T
+    inside = np.all((pts >= prob.space.low_std) & (pts <= prob.space.high_std), 1)
+    log_w = np.full(len(pts), -np.inf)
+    phi0 = prob.objective(theta)[0]
+    log_w[inside] = phi0 - prob.objective(pts[inside]) + 0.5 * np.sum((x[inside] / LAPLACE_SCALE) ** 2, 1)
+    w = np.exp(log_w - log_w.max())
+    w /= w.sum()
+    mean = w @ pts
+    sd = np.sqrt(np.diag(cov_std))
+    return (mean - theta) / sd, np.sqrt(w @ (pts - mean) ** 2) / sd
+
+
 def _inverse(H):
     try:
         return np.linalg.inv(H)
@@ -346,6 +414,19 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
             except np.linalg.LinAlgError:
                 pass
     chi2 = float(r[:n_pix] @ r[:n_pix])
+    shift = width = np.full(k, np.nan)
+    widened, checked = False, bool(options.laplace_draws) and options.loss == "linear"
+    if checked:
+        shift, width = laplace_check(prob, theta, cov_std, int(options.laplace_draws))
+        if width.max() >= LAPLACE_LIMITS["width"][1]:
+            # the posterior is wider than the curvature at the MAP says: widen each parameter's σ
+            # to the sampled one (never narrower than the Laplace σ: a posterior cut by the box
+            # is narrower, but about its mean, not about the MAP at the edge)
+            D = np.maximum(width, 1.0)
+            cov_std, cov_model, widened = cov_std * np.outer(D, D), cov_model * np.outer(D, D), True
+    # MAP ± the reported σ misdescribes a posterior whose mean is far from the MAP
+    gaussian = checked and bool(np.all(np.abs(shift / (np.maximum(width, 1.0) if widened else 1.0))
+                                       < LAPLACE_LIMITS["shift"]))
     values = space.from_std(theta)
     edge = bool(space.at_edge(values, options.edge_tol))
     # a solver that never moved (flux off by orders of magnitude, a flat χ² surface) says "converged"
@@ -359,7 +440,9 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
                    rms=float(np.sqrt(np.mean(prob.resid[good] ** 2))), nfev=int(nfev),
                    converged=bool(best.success), flag=flag,
                    status=best.message + (" | at the edge of the training label range" if edge else "")
-                   + (" | the solver did not move from its start" if unchanged else ""),
+                   + (" | the solver did not move from its start" if unchanged else "")
+                   + (" | the posterior is not Gaussian about the MAP: sample it" if checked and not gaussian else ""),
+                   laplace_shift=shift, laplace_width=width, widened=widened, laplace_ok=gaussian,
                    n_down=int((w[:n_pix][good] < 0.5).sum()), share=kept.model_share,
                    norm_ratio=float(np.median(flux[good]) / np.median(model[good])),
                    clipped=np.flatnonzero(clipped))

@@ -112,12 +112,18 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     t["nfev"] = [f.nfev for f in fits]
     t["converged"] = [f.converged for f in fits]
     t["flag"] = flags
+    if options.laplace_draws:
+        for col in ("laplace_shift", "laplace_width"):
+            t[col] = np.array([np.full(n, np.nan) if getattr(f, col) is None else getattr(f, col) for f in fits])
+        t["widened"] = [f.widened for f in fits]
+        t["laplace_ok"] = [f.laplace_ok for f in fits]
     t["status"] = [f.status[:120] for f in fits]
     for j, name in enumerate(space.label_names):
         t["init_" + name] = init[:, j]
         t["init_" + name].unit, t["init_" + name].description = units[j], f"{name} of the start point"
     for name, text in COLUMN_NOTES.items():
-        t[name].description = text
+        if name in t.colnames:
+            t[name].description = text
     return t
 
 
@@ -130,6 +136,10 @@ COLUMN_NOTES = {
     "n_clipped": "pixels clipped as outliers", "n_downweighted": "pixels down-weighted by the robust loss",
     "snr": "median per-pixel S/N", "nfev": "function evaluations", "converged": "the solver converged",
     "flag": "flag bits, see FLAGS in the header", "status": "the solver's message",
+    "laplace_shift": "importance-sampled posterior mean - MAP, in Laplace sigma",
+    "laplace_width": "importance-sampled posterior sigma / Laplace sigma",
+    "widened": "errors widened to the importance-sampled posterior sigma",
+    "laplace_ok": "MAP +- sigma describes the posterior (importance check)",
 }
 
 
@@ -209,7 +219,8 @@ def _ids(spectra, id_column):
 def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto", n_starts=1,
             bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
             output=None, overwrite=False, progress=True, id_column=None, max_nfev=100,
-            jac="analytic", loss="linear", f_scale=1.0, clip_sigma=5.0, fit_rv=False, rv_window=20.0):
+            jac="analytic", loss="linear", f_scale=1.0, clip_sigma=5.0, fit_rv=False, rv_window=20.0,
+            laplace_draws=256):
     """Maximum a posteriori labels for every spectrum.
 
     Parameters
@@ -240,6 +251,10 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     fit_rv : also fit a residual radial velocity `rv_resid` (km/s, |v| ≤ rv_window) of the
         model spectrum against the spectrum's rest frame (`slambayes.doppler`); its columns
         `rv_resid`, `rv_resid_err` follow the labels'; the labels' errors include its correlations
+    laplace_draws : importance draws (even) that check, per star, whether the posterior is the
+        Laplace Gaussian (`slambayes.map_core.laplace_check`): where its σ exceeds the Laplace
+        one by more than the `laplace_ok` limit the errors are widened to it, and `laplace_ok`
+        is False for a posterior mean more than 0.5 σ from the MAP; 0 skips the check
 
     Returns
     -------
@@ -249,7 +264,11 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     (physical units), `<label>_err` (calibrated), `<label>_err_formal`, `cov` (k, k,
     calibrated), `cov_formal`, `chi2`, `rchi2`, `model_share` (the emulator's share of the pixel
     variance), `rms_resid`, `n_good_pix`, `n_clipped` (pixels clipped as outliers), `n_downweighted`,
-    `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`, `init_<label>`; every
+    `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`, `laplace_shift` and
+    `laplace_width` (per parameter, importance-sampled posterior mean − MAP and σ in units of the
+    Laplace σ), `widened` (the errors were widened to the importance-sampled posterior σ:
+    see `slambayes.map_core`) and `laplace_ok` (MAP ± σ describes the posterior; False: sample
+    the star) — these four only with laplace_draws > 0 —, `init_<label>`; every
     column has a unit where it has one (TUNITn in FITS, "dex" included) and a description
     (TCOMMn). The meta (FITS header) holds the provenance (DATE of the run in UTC, SLAMBVER,
     MODELFIL the model file's name, MODELSHA its content hash, TRAINSHA its training set's), the noise model (MODELERR, NOISETAG, CALIB, NOISE), the flag bits
@@ -272,7 +291,7 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     options = MapOptions(n_starts=int(n_starts), method=method, max_nfev=int(max_nfev), jac=jac,
                          loss=loss, f_scale=float(f_scale),
                          clip_sigma=None if clip_sigma is None else float(clip_sigma),
-                         fit_rv=bool(fit_rv), rv_window=float(rv_window))
+                         fit_rv=bool(fit_rv), rv_window=float(rv_window), laplace_draws=int(laplace_draws))
     prior_terms = gaussian_prior_terms(prior, space)
     if prior_terms is None:
         raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
@@ -295,7 +314,7 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
                 MODELERR=noise.kind, ERRRANK=noise.rank, NOISETAG=noise.tag, CALIB="out-of-fold" if noise.calibrated else "none",
                 NOISE=noise.describe(), METHOD=method, LOSS=loss, FSCALE=float(f_scale),
                 CLIPSIG=-1.0 if clip_sigma is None else float(clip_sigma),
-                FITRV=bool(fit_rv), RVWINDOW=float(rv_window),
+                FITRV=bool(fit_rv), RVWINDOW=float(rv_window), LAPDRAWS=int(laplace_draws),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
     fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks, meta_cols)
     with warnings.catch_warnings():

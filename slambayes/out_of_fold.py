@@ -79,7 +79,7 @@ def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=T
     em = emulator
     base = NoiseModel.resolve(em, model_error, calibration="none")
     space = LabelSpace.from_emulator(em)
-    options = MapOptions()
+    options = MapOptions()        # the catalog's options: the same covariance rule
     n, k = spectra.n_star, len(em.label_names_)
     out = dict(values=np.full((n, k), np.nan), sigma=np.full((n, k), np.nan),
                sigma_model=np.full((n, k), np.nan), rchi2=np.full(n, np.nan),

@@ -70,9 +70,9 @@ def test_demo_model_calibration_round_trip_and_generated_z_scores(demo_calibrate
         z_std.append((c["z_std"], f["z_std"]))
     cal_z, formal_z = np.array(z_std).transpose(1, 0, 2)
     # ~200 stars per S/N: a z-std is known to ±0.07 (heavier tails: ±0.1), hence 1.3 (the formal ones reach 2)
-    # and closer to 1 than the formal ones, or as close as the z-std can be told (0.1) where
+    # and closer to 1 than the formal ones, or as close as the z-std can be told (about 2 × 0.07) where
     # those are already right (faint stars, whose error is the noise's)
-    assert np.all((cal_z > 0.8) & (cal_z < 1.3)) and np.all(np.abs(cal_z - 1) < np.maximum(np.abs(formal_z - 1), 0.1))
+    assert np.all((cal_z > 0.8) & (cal_z < 1.3)) and np.all(np.abs(cal_z - 1) < np.maximum(np.abs(formal_z - 1), 0.15))
     assert np.all(err[ok] >= 0.5 * formal[ok])
 
 
