@@ -216,7 +216,7 @@ def test_output_of_another_run_is_refused(demo_small, tmp_path):
 def test_apogee_giants_five_fold_cv(bench_datasets):
     """The protocol (5-fold CV, the SVR grid of bench/compare.py) with every default, the error
     calibration learned from each fold's training stars alone: accuracy as before, and held-out
-    z-scores with std ≈ 1 whose 68 % intervals hold ≈ 68 % (the formal ones: std 1.9–2.0)."""
+    z-scores with std ≈ 1 whose 68 % intervals hold ≈ 68 % (the formal ones: std 1.5–1.7)."""
     from slambayes import calibrate
 
     preds, errs, formal, truths = [], [], [], []
@@ -242,7 +242,9 @@ def test_apogee_giants_five_fold_cv(bench_datasets):
     assert np.all(scatter < 1.03 * np.array([180.3, 0.362, 0.161]))      # no worse than before (3 %)
     assert np.all((cal["z_std"] > 0.8) & (cal["z_std"] < 1.25))
     assert np.all((cal["coverage68"] > 0.60) & (cal["coverage68"] < 0.76))
-    assert np.all(cal_f["z_std"] > 1.5)              # what the formal errors alone give
+    # what the formal errors alone give: 1.9–2.0 with the Laplace σ, 1.5–1.7 with the σ widened
+    # where the posterior is wider (map_core.laplace_check); the calibration is still needed
+    assert np.all(cal_f["z_std"] > 1.3)
 
 
 def _spiked_demo(train):
