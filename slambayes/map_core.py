@@ -355,7 +355,7 @@ def laplace_check(prob, theta, cov_std, n_draws, seed=0):
     pts = theta + x @ L.T
     inside = np.all((pts >= prob.space.low_std) & (pts <= prob.space.high_std), 1)
     log_w = np.full(len(pts), -np.inf)
-    phi0 = prob.objective(theta)[0]
+    phi0 = 0.5 * float(np.sum(prob.eval(theta)[0] ** 2))      # the fit's own residuals (cached)
     log_w[inside] = phi0 - prob.objective(pts[inside]) + 0.5 * np.sum((x[inside] / LAPLACE_SCALE) ** 2, 1)
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
@@ -416,17 +416,17 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
     chi2 = float(r[:n_pix] @ r[:n_pix])
     shift = width = np.full(k, np.nan)
     widened, checked = False, bool(options.laplace_draws) and options.loss == "linear"
+    reported = np.ones(k)              # reported σ / Laplace σ
     if checked:
         shift, width = laplace_check(prob, theta, cov_std, int(options.laplace_draws))
         if width.max() >= LAPLACE_LIMITS["width"][1]:
             # the posterior is wider than the curvature at the MAP says: widen each parameter's σ
             # to the sampled one (never narrower than the Laplace σ: a posterior cut by the box
             # is narrower, but about its mean, not about the MAP at the edge)
-            D = np.maximum(width, 1.0)
-            cov_std, cov_model, widened = cov_std * np.outer(D, D), cov_model * np.outer(D, D), True
+            reported, widened = np.maximum(width, 1.0), True
+            cov_std, cov_model = cov_std * np.outer(reported, reported), cov_model * np.outer(reported, reported)
     # MAP ± the reported σ misdescribes a posterior whose mean is far from the MAP
-    gaussian = checked and bool(np.all(np.abs(shift / (np.maximum(width, 1.0) if widened else 1.0))
-                                       < LAPLACE_LIMITS["shift"]))
+    gaussian = checked and bool(np.all(np.abs(shift / reported) < LAPLACE_LIMITS["shift"]))
     values = space.from_std(theta)
     edge = bool(space.at_edge(values, options.edge_tol))
     # a solver that never moved (flux off by orders of magnitude, a flat χ² surface) says "converged"
