@@ -1,17 +1,27 @@
-"""MAP throughput on a full-size APOGEE model (benchmark, not a test).
+"""MAP throughput: the batched engine against scipy's, and against the FLOP limit (benchmark, not a test).
 
-Trains a 7214-pixel emulator on spectra generated with the El-Badry et al.
-APOGEE-dwarf network (../shared/data/apogee_dwarf_emulator), then times
-`fit_map` with 1 and 2 processes, and the same fit with a finite-difference
-Jacobian, printed as ratios measured in this run. The emulator is timed both
-exact (compression 0, the default) and with a low-rank evaluation
-(`--compression`, 0.002), whose labels are compared with the exact ones in units
-of their errors.
+Two models, trained on spectra generated with the El-Badry et al. APOGEE-dwarf
+network (../shared/data/apogee_dwarf_emulator), 1000 stars each, fixed (C, γ) and
+no CV (the cost of an evaluation does not depend on them):
+- "dwarfsim": the dwarfsim protocol's 1585 pixels and training set
+  (../shared/bench/datasets.py), fitted on its 800 test spectra (S/N 20–200);
+- "7214": all 7214 pixels, fitted on `--n-test` spectra at S/N 50.
+For each, on one core (one process, one BLAS thread), in the same run:
+`fit_map(engine="scipy")` (scipy's least_squares one star at a time) and
+`engine="batched"` (`slambayes.batched_lm`: a chunk's stars in one emulator
+product per iteration), both with `laplace_draws=0` (the fit alone), their
+labels and errors compared in units of σ; the batched engine with the default
+Laplace check (`laplace_draws=256`); and the FLOP limit: the spectra/s of one core
+if the emulator evaluations a fit needs (the scipy engine's median number of flux +
+Jacobian evaluations of the dense expansion, 2 n_pix n_train (k + 1) FLOP each) ran
+at the GEMM rate measured on this machine at the model's shape. On the 7214-pixel
+model also: 2 processes, the low-rank evaluation (`--compression`) and a
+finite-difference Jacobian.
 
-    python bench/map_throughput.py [--n-train 1000] [--n-test 200] [--cv 0] [--model PATH]
+    python bench/map_throughput.py [--models dwarfsim,7214] [--n-test 200] [--model PATH]
 
-The trained model is kept in bench/.cache (`--model`) and reused by later runs
-and by bench/posterior_speed.py.
+The trained models are kept in bench/.cache and reused by later runs (the 7214-pixel
+one by bench/posterior_speed.py too).
 """
 from __future__ import annotations
 
@@ -71,103 +81,123 @@ def model_7214(path=None, n_train=1000, cv=0, C=10.0, gamma=0.1):
     return em, seconds
 
 
-def time_evaluations(em):
-    """Print the wall time of flux, and of flux with Jacobian, for 1 and 1000 label vectors."""
-    for m in (1, 1000):
-        labels = em.from_std(em.X_train_[:m])
-        for what, func in (("flux", em.predict), ("flux+Jacobian", em.predict_and_jacobian)):
-            func(labels)
-            reps = max(1, int(200 / m))
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                func(labels)
-            dt = (time.perf_counter() - t0) / reps
-            print(f"  {what:13s} of {m:4d} label vector(s) on {em.wave_.size} px: {dt * 1e3:8.2f} ms")
-
-
-def gemm_rate():
-    """FLOP/s of one core in a float64 matrix product of the emulator's shape (1000 × 1000 × 7214)."""
+def gemm_rate(n_train, n_pix):
+    """FLOP/s of one core in a float64 matrix product of the emulator's shape: (320 × n_train)
+    times (n_train × n_pix), the product of 64 stars' flux and 4 derivatives."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(1000, 1000)), rng.normal(size=(1000, 7214))
+    a, b = rng.normal(size=(320, n_train)), rng.normal(size=(n_train, n_pix))
     with threadpool_limits(1):
         a @ b
         t0 = time.perf_counter()
-        for _ in range(3):
+        for _ in range(5):
             a @ b
-        return 3 * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t0)
+        return 5 * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t0)
 
 
-def compare_compression(em, test, names, default):
-    """Evaluation times exact and compressed; the exact model's MAP rate (1 process) and catalog."""
-    for c in (0.0, default):
-        em.compression = c
-        t0 = time.perf_counter()
-        ranks = em.expansion.ranks
-        print(f"compression {c}: coefficient ranks {ranks} (built in {time.perf_counter() - t0:.1f} s)")
-        time_evaluations(em)
-    em.compression = 0.0
-    return one_core_rate(em, test)
-
-
-def one_core_rate(em, test):
+def one_core_rate(em, test, **kw):
     """(spectra/s of `fit_map` on one core (one process, one BLAS thread), its catalog)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):
-        fit_map(em, test[:4], progress=False)                     # warm-up
+        fit_map(em, test[:4], progress=False, **kw)                     # warm-up
         t0 = time.perf_counter()
-        cat = fit_map(em, test, n_jobs=1, chunk_size=max(len(test) // 2, 1), progress=False)
+        cat = fit_map(em, test, n_jobs=1, chunk_size=len(test), progress=False, **kw)
         return len(cat) / (time.perf_counter() - t0), cat
+
+
+def agreement(a, b, names):
+    """(max |Δ label| / σ, max |σ_b / σ_a − 1|) between two catalogs of the same spectra."""
+    shift = max(float(np.nanmax(np.abs(a[n] - b[n]) / a[n + "_err"])) for n in names)
+    width = max(float(np.nanmax(np.abs(b[n + "_err"] / a[n + "_err"] - 1))) for n in names)
+    return shift, width
+
+
+def engines(em, test, names, truth):
+    """Print the scipy and batched engines' rates, their agreement and the FLOP limit; returns
+    the batched engine's catalog (fit only)."""
+    rate, cats = {}, {}
+    for eng in ("scipy", "batched"):
+        rate[eng], cats[eng] = one_core_rate(em, test, engine=eng, laplace_draws=0)
+    rate["check"], _ = one_core_rate(em, test, engine="batched")
+    n_pix, n_train = em.wave_.size, em.X_train_.shape[0]
+    shift, width = agreement(cats["scipy"], cats["batched"], names)
+    flags = float(np.mean(cats["scipy"]["flag"] == cats["batched"]["flag"]))
+    print(f"  scipy engine   {rate['scipy']:7.1f} spectra/s (median nfev {np.median(cats['scipy']['nfev']):.0f})")
+    print(f"  batched engine {rate['batched']:7.1f} spectra/s (median {np.median(cats['batched']['nfev']):.0f} "
+          f"evaluations) -> {rate['batched'] / rate['scipy']:.1f}x scipy; labels differ by ≤ {shift:.4f} σ, "
+          f"errors by ≤ {100 * width:.2f} %, flags equal for {100 * flags:.0f} % of the spectra")
+    print(f"  batched engine with the Laplace check (laplace_draws=256, the default): {rate['check']:.1f} spectra/s")
+    nfev = float(np.median(cats["scipy"]["nfev"]))
+    flops = 2.0 * n_pix * n_train * (len(names) + 1) * nfev
+    gemm = gemm_rate(n_train, n_pix)
+    limit = gemm / flops
+    print(f"  FLOP limit of one core: {limit:.1f} spectra/s ({nfev:.0f} evaluations of flux + Jacobian, "
+          f"{flops / 1e9:.3f} GFLOP per spectrum, at the measured GEMM rate {gemm / 1e9:.1f} GFLOP/s); "
+          f"batched {100 * rate['batched'] / limit:.0f} %, scipy {100 * rate['scipy'] / limit:.0f} % of it")
+    est = np.column_stack([cats["batched"][n] for n in names])
+    print(f"  scatter (batched): {np.round(np.std(est - truth, 0), 3)}  [{', '.join(names)}]")
+    return cats["batched"]
+
+
+def dwarfsim_model(n_train=1000, C=10.0, gamma=0.1):
+    """The dwarfsim protocol's training set (1585 px) with fixed (C, γ), no CV; cached."""
+    path = CACHE / f"dwarfsim1585_n{n_train}_C{C:g}_g{gamma:g}.npz"
+    d = D.load("dwarfsim", "main")
+    if path.exists():
+        return Emulator.load(path), d
+    tr = d["train"]
+    em = Emulator(C=(C,), gamma=(gamma,), cv=0, n_jobs=-1, block_size=64, progress=False).fit(
+        Spectra(d["wave"], tr["flux"][:n_train], tr["ivar"][:n_train], labels=tr["labels"][:n_train],
+                label_names=d["label_names"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    em.save(path)
+    return em, d
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="dwarfsim,7214")
     ap.add_argument("--n-train", type=int, default=1000)
-    ap.add_argument("--n-test", type=int, default=200)
-    ap.add_argument("--cv", type=int, default=0, help="CV folds in training (0: fixed C, γ; fastest)")
+    ap.add_argument("--n-test", type=int, default=200, help="test spectra of the 7214-px model")
+    ap.add_argument("--cv", type=int, default=0, help="CV folds in training the 7214-px model (0: fixed C, γ)")
     ap.add_argument("--C", type=float, default=10.0)
     ap.add_argument("--gamma", type=float, default=0.1)
     ap.add_argument("--n-fd", type=int, default=20, help="spectra for the finite-difference run")
-    ap.add_argument("--model", help="model file (default: bench/.cache/dwarf7214_…npz); trained if missing")
+    ap.add_argument("--model", help="7214-px model file (default: bench/.cache/dwarf7214_…npz); trained if missing")
     ap.add_argument("--compression", type=float, default=0.002, help="the low-rank setting compared with exact")
     args = ap.parse_args()
+    models = args.models.split(",")
+    if "dwarfsim" in models:
+        em, d = dwarfsim_model(args.n_train, args.C, args.gamma)
+        te = d["test"]
+        print(f"dwarfsim protocol model: {em.wave_.size} px, {em.X_train_.shape[0]} training spectra, "
+              f"{len(te['flux'])} test spectra (S/N {sorted(set(te['snr'].tolist()))})")
+        engines(em, Spectra(d["wave"], te["flux"], te["ivar"]), list(d["label_names"]), te["labels"])
+    if "7214" not in models:
+        return
     wave = np.load(D.DATA_DIR / "apogee_dwarf_emulator" / "apogee_wavelength.npz")["wavelength"]
-    names = NAMES
     em, t_train = model_7214(args.model, args.n_train, args.cv, args.C, args.gamma)
-    em.compression = args.compression
     print(f"{em.wave_.size}-pixel model on {em.X_train_.shape[0]} spectra (cv={args.cv}): "
           + (f"trained in {t_train:.0f} s" if t_train else f"read from {em.model_path_}"))
     f, iv, lab = draw(np.random.default_rng(2), args.n_test, 50.0)
     test = Spectra(wave, f, iv)
-    default = em.compression
-    exact_rate, exact_cat = compare_compression(em, test, names, default)
-    em.compression = default
-    rates = {1: one_core_rate(em, test)[0]}
+    exact = engines(em, test, NAMES, lab)
     t0 = time.perf_counter()
-    cat = fit_map(em, test, n_jobs=2, chunk_size=max(args.n_test // 4, 1), progress=False)
-    rates[2] = len(cat) / (time.perf_counter() - t0)
-    shift = max(float(np.max(np.abs(cat[n] - exact_cat[n]) / exact_cat[n + "_err"])) for n in names)
-    width = max(float(np.max(np.abs(cat[n + "_err"] / exact_cat[n + "_err"] - 1))) for n in names)
-    print(f"MAP, 1 process: compression {default} {rates[1]:.1f} spectra/s vs exact {exact_rate:.1f} -> "
-          f"{rates[1] / exact_rate:.1f}x; labels differ by ≤ {shift:.4f} σ, errors by ≤ {100 * width:.2f} %")
-    est = np.column_stack([cat[n] for n in names])
-    t0 = time.perf_counter()
-    fit_map(em, test[: args.n_fd], jac="2-point", progress=False)
-    fd_per = (time.perf_counter() - t0) / args.n_fd
-    an_per = 1.0 / rates[1]
-    print(f"MAP, analytic Jacobian: {rates[1]:.1f} spectra/s (1 process), {rates[2]:.1f} spectra/s (2 processes)")
-    print(f"MAP, finite-difference Jacobian: {fd_per * 1e3:.1f} ms/spectrum vs {an_per * 1e3:.1f} ms analytic "
-          f"-> analytic is {fd_per / an_per:.1f}x faster")
-    nfev = float(np.median(cat["nfev"]))
-    flops = 2.0 * em.wave_.size * em.X_train_.shape[0] * (len(names) + 1) * nfev   # dense flux + Jacobian
-    limit = gemm_rate() / flops
-    print(f"FLOP limit of one core: {limit:.1f} spectra/s ({nfev:.0f} evaluations of the dense expansion per "
-          f"spectrum at the measured GEMM rate); exact {exact_rate:.1f} = {100 * exact_rate / limit:.0f} %, "
-          f"compression {default} {rates[1]:.1f} = {100 * rates[1] / limit:.0f} % of it")
-    print(f"median nfev {np.median(cat['nfev']):.0f}; scatter at S/N 50 (teff, logg, feh, mgfe): "
-          f"{np.round(np.std(est - lab, 0), 3)}")
+    cat = fit_map(em, test, n_jobs=2, chunk_size=max(args.n_test // 2, 1), laplace_draws=0, progress=False)
+    print(f"  batched engine, 2 processes: {len(cat) / (time.perf_counter() - t0):.1f} spectra/s")
+    em.compression = args.compression
+    print(f"  compression {args.compression}: coefficient ranks {em.expansion.ranks}")
+    rate, cat = one_core_rate(em, test, laplace_draws=0)
+    shift, width = agreement(exact, cat, NAMES)
+    print(f"  batched engine, compression {args.compression}: {rate:.1f} spectra/s; labels differ from the exact "
+          f"expansion's by ≤ {shift:.4f} σ, errors by ≤ {100 * width:.2f} %")
+    em.compression = 0.0
+    an_rate, _ = one_core_rate(em, test[: args.n_fd], engine="scipy", laplace_draws=0)
+    fd_rate, _ = one_core_rate(em, test[: args.n_fd], engine="scipy", jac="2-point", laplace_draws=0)
+    print(f"  scipy engine, finite-difference Jacobian: {1e3 / fd_rate:.1f} ms/spectrum vs {1e3 / an_rate:.1f} ms "
+          f"analytic -> analytic is {an_rate / fd_rate:.1f}x faster")
 
 
 if __name__ == "__main__":

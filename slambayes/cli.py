@@ -200,7 +200,8 @@ def cmd_fit(a):
     cat = fit_map(em, sp, model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, chunk_size=a.chunk_size,
                   n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
                   loss=a.loss, f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
-                  fit_rv=a.fit_rv, rv_window=a.rv_window, laplace_draws=a.laplace_draws, progress=a.progress)
+                  fit_rv=a.fit_rv, rv_window=a.rv_window, laplace_draws=a.laplace_draws, engine=a.engine,
+                  progress=a.progress)
     n_bad = int((cat["flag"] != 0).sum())
     skipped = sp.meta.meta.get("skipped", [])
     log.info("%d spectra fitted, %d flagged; catalog written to %s", len(cat), n_bad, a.out)
@@ -365,6 +366,7 @@ def build_parser():
     from . import __version__
     from .demo import run_demo
     from .emulator import Emulator
+    from .map_core import ENGINES
     from .map_fit import fit_map
     from .sampling import sample
 
@@ -427,6 +429,9 @@ def build_parser():
     f.add_argument("--rv-window", type=_positive_float, default=_api(fit_map, "rv_window"), help="|rv_resid| bound, km/s")
     f.add_argument("--laplace-draws", type=_count(0), default=_api(fit_map, "laplace_draws"),
                    help="importance draws per star that check the catalog's Gaussian errors (even; 0: no check)")
+    f.add_argument("--engine", default=_api(fit_map, "engine"), choices=ENGINES,
+                   help="batched: a chunk's stars in one emulator product per iteration; scipy: one star at a "
+                        "time (the reference); auto: batched where it applies")
     f.add_argument("--n-jobs", type=int, default=_api(fit_map, "n_jobs"), help="processes (-1: all cores)")
     f.add_argument("--scheduler", help="dask.distributed scheduler address")
     f.add_argument("--overwrite", action="store_true")

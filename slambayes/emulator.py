@@ -201,7 +201,8 @@ class Emulator:
 
     def flux_curvature(self, labels, w):
         """Σ_j w_j ∂²flux_j/∂labels² (k, k), physical units, at one label vector (k,) for pixel
-        weights w (n_pix,) (e.g. Σ⁻¹ r: the curvature term of the χ² Hessian)."""
+        weights w (n_pix,) (e.g. Σ⁻¹ r: the curvature term of the χ² Hessian); (m, k, k) for
+        labels (m, k) and weights (m, n_pix)."""
         theta = self.to_std(np.asarray(labels, float))
         H = self.expansion.weighted_hessian(theta, np.asarray(w, float) * self.flux_std_)
         return H / np.outer(self.label_std_, self.label_std_)

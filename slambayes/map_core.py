@@ -1,14 +1,17 @@
 """The single-star MAP: least squares on the whitened residuals of one noise model.
 
-`fit_star` is the one fitting routine of slambayes: the survey `fit_map` calls
-it for every spectrum of a chunk, `Posterior.find_map` for one star, and the
-out-of-fold calibration for every training star. It minimizes
+`fit_star` is the one fitting routine of slambayes, and `fit_stars` the same fit
+for a chunk of spectra: the survey `fit_map` and the out-of-fold calibration call
+`fit_stars`, `Posterior.find_map` calls `fit_star` for one star. Both minimize
 
     ½ ‖Σ^(−½) (f − f(θ))‖² + ½ Σ_p ‖L_p⁻¹ (θ_p − μ_p)‖²
 
-(Eq. 8 or its correlated form, plus Gaussian priors as extra residuals) with
-`scipy.optimize.least_squares` and the emulator's analytic Jacobian, in
-standardized label space inside the support box. Its covariance is the inverse
+(Eq. 8 or its correlated form, plus Gaussian priors as extra residuals) with the
+emulator's analytic Jacobian, in standardized label space inside the support box:
+`fit_star` with `scipy.optimize.least_squares`, `fit_stars` by default with the
+batched Levenberg–Marquardt of `slambayes.batched_lm` (all stars' emulator
+evaluations of an iteration in one product); from the solution on (clipping
+rounds, covariance, Laplace check, flags) both share every step. Its covariance is the inverse
 of the exact Hessian of that objective at the minimum, JᵀΣ⁻¹J − Σ_p (Σ⁻¹r)_p ∇²f_p
 (the emulator's analytic second derivatives: `KernelExpansion.weighted_hessian`),
 i.e. the Laplace approximation of the posterior the samplers explore; the
@@ -53,12 +56,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
+from .batched_lm import least_squares_batch
 from .doppler import DopplerShift
 
-__all__ = ["RV", "FLAGS", "MapOptions", "StarFit", "fit_star", "gaussian_prior_terms", "start_indices",
+__all__ = ["RV", "FLAGS", "ENGINES", "batch_size", "MapOptions", "StarFit", "fit_star", "fit_stars", "gaussian_prior_terms", "start_indices",
            "LOSSES", "outlying_pixels"]
 
 RV = "rv_resid"
+ENGINES = ("auto", "batched", "scipy")
+
+
+def batch_size(n_pix, rank, budget=2**28):
+    """Stars the batched engine fits together: as many as keep their noise factors ((n_pix, rank)
+    each, plus the weights) within `budget` bytes, 16 to 256. Many stars keep the emulator
+    product at matrix-product speed while the slow ones finish; 256 MB bounds memory."""
+    return int(np.clip(budget // (8 * n_pix * (rank + 1)), 16, 256))
 
 # bit flags of a fit (the catalog's `flag` column)
 FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8, "start_unchanged": 128}
@@ -85,8 +97,15 @@ class MapOptions:
     fit_rv: bool = False           # fit a residual radial velocity `rv_resid` (km/s)
     rv_window: float = 20.0        # |rv_resid| ≤ rv_window km/s
     laplace_draws: int = 256       # importance draws that check the Laplace approximation (0: no check)
+    engine: str = "auto"           # `fit_stars`: "batched", "scipy", or "auto" (batched where it applies)
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+        if self.engine == "batched" and not self.batchable:
+            raise ValueError("engine='batched' fits the Gaussian likelihood (loss='linear') with the analytic "
+                             "Jacobian, method 'trf' (bounded) or 'lm' (unbounded); use engine='scipy' for "
+                             f"loss={self.loss!r}, method={self.method!r}, jac={self.jac!r}")
         if self.method not in ("trf", "lm", "dogbox"):
             raise ValueError(f"method must be 'trf', 'dogbox' or 'lm', not {self.method!r}")
         if self.loss not in LOSSES:
@@ -105,6 +124,16 @@ class MapOptions:
             raise ValueError(f"laplace_draws must be an even number ≥ 0 (antithetic pairs), not {self.laplace_draws!r}")
         if not (np.isfinite(self.rv_window) and self.rv_window > 0):
             raise ValueError(f"rv_window must be a positive velocity in km/s, not {self.rv_window!r}")
+
+    @property
+    def batchable(self):
+        """Whether the batched engine can fit with these options."""
+        return self.loss == "linear" and self.jac == "analytic" and self.method in ("trf", "lm")
+
+    @property
+    def batched(self):
+        """Whether `fit_stars` uses the batched engine."""
+        return self.engine == "batched" or (self.engine == "auto" and self.batchable)
 
     def parameter_space(self, space):
         """The parameters a fit with these options has: the labels of `space`, then `rv_resid`
@@ -206,10 +235,11 @@ def start_indices(train_models, flux, weights, n_starts, cap=None):
     n_cand = min(max(CANDIDATES, 4 * n_starts), train_models.shape[0])
     cand = np.sort(np.argpartition(chi2(clipped), n_cand - 1, axis=1)[:, :n_cand], axis=1)
     out = np.empty((flux.shape[0], n_starts), int)
-    for i, (f, w) in enumerate(zip(flux, weights)):
-        g = w > 0
-        capped = np.minimum((train_models[np.ix_(cand[i], g)] - f[g]) ** 2 * w[g], cap**2).sum(1)
-        out[i] = cand[i][np.argsort(capped, kind="stable")[:n_starts]]
+    for a in range(0, flux.shape[0], 64):           # (64, n_cand, n_pix) candidate models at a time
+        b = slice(a, a + 64)
+        # a bad pixel has weight 0 and adds nothing
+        capped = np.minimum((train_models[cand[b]] - flux[b, None]) ** 2 * weights[b, None], cap**2).sum(-1)
+        out[b] = np.take_along_axis(cand[b], np.argsort(capped, axis=1, kind="stable")[:, :n_starts], 1)
     return out
 
 
@@ -228,23 +258,30 @@ class _Problem:
         self.noise, self._theta = noise, None
 
     def eval(self, theta):
+        """(whitened residuals, their Jacobian) at standardized θ (n,), the emulator called here."""
         if self._theta is None or not np.array_equal(theta, self._theta):
             k = self.space.n_labels
-            params = self.space.from_std(theta)
-            f, J = self.em.predict_and_jacobian(params[:k])
-            J = J * self.space.scale[:k]
-            if self.doppler is not None:
-                f, J, df_dv = self.doppler.shift_and_derivatives(f, J, params[k])
-                J = np.column_stack([J, df_dv * self.space.scale[k]])
-            self.resid = np.where(self.good, self.flux - f, 0.0)
-            rs = [self.noise.whiten(self.resid)]
-            js = [self.noise.whiten(-J)]
-            for idx, mean, L_inv in self.terms:
-                rs.append(L_inv @ (params[idx] - mean))
-                jp = np.zeros((len(idx), theta.size))
-                jp[:, idx] = L_inv * self.space.scale[idx][None, :]
-                js.append(jp)
-            self._theta, self._r, self._J = theta.copy(), np.concatenate(rs), np.vstack(js)
+            self.take(theta, *self.em.predict_and_jacobian(self.space.from_std(theta)[:k]))
+        return self._r, self._J
+
+    def take(self, theta, f, J):
+        """`eval` at θ from the emulator's flux (n_pix,) and Jacobian (n_pix, k) there, physical
+        units, computed elsewhere (a batch of stars in one product); cached as `eval` caches."""
+        k = self.space.n_labels
+        params = self.space.from_std(theta)
+        J = J * self.space.scale[:k]
+        if self.doppler is not None:
+            f, J, df_dv = self.doppler.shift_and_derivatives(f, J, params[k])
+            J = np.column_stack([J, df_dv * self.space.scale[k]])
+        self.resid = np.where(self.good, self.flux - f, 0.0)
+        rs = [self.noise.whiten(self.resid)]
+        js = [self.noise.whiten(-J)]
+        for idx, mean, L_inv in self.terms:
+            rs.append(L_inv @ (params[idx] - mean))
+            jp = np.zeros((len(idx), theta.size))
+            jp[:, idx] = L_inv * self.space.scale[idx][None, :]
+            js.append(jp)
+        self._theta, self._r, self._J = np.array(theta, float), np.concatenate(rs), np.vstack(js)
         return self._r, self._J
 
     def objective(self, thetas):
@@ -264,21 +301,32 @@ class _Problem:
             out = out + np.sum((L_inv @ (params[:, idx] - mean).T) ** 2, 0)
         return 0.5 * out
 
-    def curvature(self, theta):
-        """Σ_p (Σ⁻¹ r)_p ∂²f_p/∂θ² (n, n) at standardized θ: what the Gauss–Newton Hessian JᵀΣ⁻¹J
-        leaves out of the exact one. Zero for an emulator without `flux_curvature` (a linear
-        one has none) and, for now, with a fitted rv_resid (whose shift has no second
-        derivative here)."""
-        n, k = theta.size, self.space.n_labels
-        out = np.zeros((n, n))
-        curvature = getattr(self.em, "flux_curvature", None)
-        if curvature is None or self.doppler is not None:
-            return out
+    def curvature_weights(self, theta):
+        """Σ⁻¹ r (n_pix,) at standardized θ, the pixel weights of the curvature term; None where
+        there is none to compute: an emulator without `flux_curvature` (a linear one has none)
+        and, for now, a fitted rv_resid (whose shift has no second derivative here)."""
+        if getattr(self.em, "flux_curvature", None) is None or self.doppler is not None:
+            return None
         self.eval(theta)
-        u = self.noise.whiten_T(self.noise.whiten(self.resid))
-        scale = self.space.scale[:k]
-        out[:k, :k] = curvature(self.space.from_std(theta)[:k], u) * np.outer(scale, scale)
-        return out
+        return self.noise.whiten_T(self.noise.whiten(self.resid))
+
+
+def curvatures(probs, thetas):
+    """Σ_p (Σ⁻¹ r)_p ∂²f_p/∂θ² (n, n) of each problem at its standardized θ: what the
+    Gauss–Newton Hessian JᵀΣ⁻¹J leaves out of the exact one (zero where `curvature_weights`
+    is None). Problems of one emulator and label space; all in one emulator product."""
+    n = len(thetas[0]) if len(thetas) else 0
+    out = [np.zeros((n, n)) for _ in probs]
+    u = [p.curvature_weights(t) for p, t in zip(probs, thetas)]
+    idx = [i for i, w in enumerate(u) if w is not None]
+    if idx:
+        space, k = probs[idx[0]].space, probs[idx[0]].space.n_labels
+        labels = np.array([space.from_std(thetas[i])[:k] for i in idx])
+        H = probs[idx[0]].em.flux_curvature(labels, np.array([u[i] for i in idx]))
+        scale = space.scale[:k]
+        for j, i in enumerate(idx):
+            out[i][:k, :k] = H[j] * np.outer(scale, scale)
+    return out
 
 
 def fit_star(emulator, flux, noise, space, starts, options=MapOptions(), prior_terms=()):
@@ -303,6 +351,121 @@ def fit_star(emulator, flux, noise, space, starts, options=MapOptions(), prior_t
         return _fit(emulator, flux, noise, space, starts, options, prior_terms)
     except Exception as exc:  # one bad spectrum must not stop a batch
         return StarFit.failed(k, FLAGS["error"], f"{type(exc).__name__}: {exc}")
+
+
+def fit_stars(emulator, flux, noises, space, starts, options=MapOptions(), prior_terms=()):
+    """`fit_star` for a chunk of spectra: flux (m, n_pix), noises (m,) `StarNoise`, starts (m,)
+    arrays (n_start, k). With the batched engine (`options.batched`), every iteration of every
+    star's fit and every clipping round share one emulator evaluation (`slambayes.batched_lm`);
+    otherwise, and for any star the batch could not take, `fit_star` one at a time. The
+    emulator must evaluate a batch of label vectors. Returns a list of m `StarFit`s."""
+    m = len(flux)
+    if not options.batched:
+        return [fit_star(emulator, flux[i], noises[i], space, starts[i], options, prior_terms) for i in range(m)]
+    if (RV in space.names) != bool(options.fit_rv):
+        raise ValueError(f"the parameter space {space.names} is not the one of these options; "
+                         f"use options.parameter_space(space)")
+    out = [None] * m
+    probs, x0s = {}, {}
+    for i in range(m):
+        if noises[i].n_good <= len(space.names):
+            out[i] = fit_star(emulator, flux[i], noises[i], space, starts[i], options, prior_terms)
+        else:
+            probs[i], x0s[i] = _Problem(emulator, flux[i], noises[i], space, prior_terms), _starts_std(space, starts[i])
+    try:
+        best = _solve_batch(emulator, space, probs, x0s, options)
+    except Exception:  # noqa: BLE001  a batch the engine could not take is fitted star by star
+        best = {}
+    nfev = {i: b.nfev for i, b in best.items()}
+    clipped = {i: np.zeros(flux.shape[1], bool) for i in best}
+    kept = {i: noises[i] for i in best}
+    pending = list(best)
+    for _ in range(options.clip_iter if options.clip_sigma is not None else 0):
+        redo = {}
+        for i in pending:
+            _restore(probs[i], best[i])
+            more = _clip_more(probs[i], best[i].x, noises[i], clipped[i], options)
+            if more is not None:
+                clipped[i], kept[i] = more
+                probs[i].use(kept[i])
+                redo[i] = [best[i].x] + x0s[i]
+        if not redo:
+            break
+        try:
+            again = _solve_batch(emulator, space, {i: probs[i] for i in redo}, redo, options)
+        except Exception:  # noqa: BLE001
+            again = {}
+        for i in redo:
+            if i in again:
+                again[i].start = best[i].start        # the first fit's start, as `fit_star` keeps it
+                best[i] = again[i]
+                nfev[i] += again[i].nfev
+            else:
+                best.pop(i)
+        pending = list(again)
+    done = [i for i in best if out[i] is None]
+    curv = {}
+    try:
+        for i in done:
+            _restore(probs[i], best[i])
+        curv = dict(zip(done, curvatures([probs[i] for i in done], [best[i].x for i in done])))
+    except Exception:  # noqa: BLE001  then each star computes its own in `_finish`
+        pass
+    for i in range(m):
+        if out[i] is not None:
+            continue
+        if i not in best:
+            out[i] = fit_star(emulator, flux[i], noises[i], space, starts[i], options, prior_terms)
+            continue
+        try:
+            out[i] = _finish(probs[i], flux[i], best[i], best[i].start, nfev[i], clipped[i], kept[i], options,
+                             curv.get(i))
+        except Exception as exc:  # noqa: BLE001  one bad spectrum must not stop a batch
+            out[i] = StarFit.failed(len(space.names), FLAGS["error"], f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def _restore(prob, best):
+    """Set `prob` at the solution `best` from the emulator output the solver kept."""
+    if prob._theta is None or not np.array_equal(prob._theta, best.x):
+        prob.take(best.x, *best.state)
+
+
+class _Best:
+    """A star's best solution over its starts, with the start it came from."""
+
+    def __init__(self, sol, start):
+        self.x, self.cost, self.success, self.message, self.nfev, self.state = \
+            sol.x, sol.cost, sol.success, sol.message, sol.nfev, sol.state
+        self.start = start
+
+
+def _solve_batch(emulator, space, probs, x0s, options):
+    """Every start of every star in `probs` ({i: _Problem}) solved together from x0s ({i: list
+    of standardized starts}) → {i: _Best}, the lowest cost over each star's starts."""
+    if not probs:
+        return {}
+    owner = [i for i in probs for _ in x0s[i]]
+    X0 = np.array([x for i in probs for x in x0s[i]])
+    k = space.n_labels
+
+    def residuals(idx, X):
+        params = space.from_std(X)
+        f, J = emulator.predict_and_jacobian(params[:, :k])
+        out = []
+        for j, p in enumerate(idx):
+            r, Jw = probs[owner[p]].take(X[j], f[j], J[j])
+            out.append((r, Jw, (f[j], J[j])))
+        return out
+
+    lo, hi = (space.low_std, space.high_std) if options.method != "lm" else (-np.inf, np.inf)
+    X0 = np.clip(X0, space.low_std + 1e-9, space.high_std - 1e-9)
+    sols = least_squares_batch(residuals, X0, lo, hi, max_nfev=options.max_nfev)
+    best = {}
+    for p, (i, sol) in enumerate(zip(owner, sols)):
+        if i not in best or sol.cost < best[i].cost:
+            best[i] = _Best(sol, X0[p])
+    return best
 
 
 def _solve(prob, starts, options):
@@ -371,27 +534,48 @@ def _inverse(H):
         return np.linalg.pinv(H)
 
 
-def _fit(emulator, flux, noise, space, starts, options, prior_terms):
-    k = len(space.names)
-    n_pix = flux.size
-    prob = _Problem(emulator, flux, noise, space, prior_terms)
+def _starts_std(space, starts):
+    """The starting points (n_start, n) in standardized units; nuisances start at their centre."""
     nuisance0 = space.loc[space.n_labels:]
-    x0s = [space.to_std(np.r_[x, nuisance0]) for x in np.atleast_2d(starts)]
+    return [space.to_std(np.r_[x, nuisance0]) for x in np.atleast_2d(starts)]
+
+
+def _clip_more(prob, theta, noise, clipped, options):
+    """After a fit at θ: (the pixels to clip, the noise without them), or None where the set
+    is stable (or clipping would leave too few pixels)."""
+    prob.eval(theta)
+    new = outlying_pixels(prob.resid, noise, options)
+    if np.array_equal(new, clipped) or noise.n_good - new.sum() <= len(prob.space.names):
+        return None
+    return new, noise.without(new)
+
+
+def _fit(emulator, flux, noise, space, starts, options, prior_terms):
+    prob = _Problem(emulator, flux, noise, space, prior_terms)
+    x0s = _starts_std(space, starts)
     best, best_x0 = _solve(prob, x0s, options)
     nfev = best.nfev
-    clipped = np.zeros(n_pix, bool)
+    clipped = np.zeros(flux.size, bool)
     kept = noise
     for _ in range(options.clip_iter if options.clip_sigma is not None else 0):
-        prob.eval(best.x)
-        new = outlying_pixels(prob.resid, noise, options)
-        if np.array_equal(new, clipped) or noise.n_good - new.sum() <= k:
+        more = _clip_more(prob, best.x, noise, clipped, options)
+        if more is None:
             break
-        clipped, kept = new, noise.without(new)
+        clipped, kept = more
         prob.use(kept)
         # from where the spikes had pulled it and from the original starts: the first fit may
         # have fallen into another basin
         best, _ = _solve(prob, [best.x] + x0s, options)
         nfev += best.nfev
+    return _finish(prob, flux, best, best_x0, nfev, clipped, kept, options)
+
+
+def _finish(prob, flux, best, best_x0, nfev, clipped, kept, options, curvature=None):
+    """The `StarFit` of a solved star: covariance (exact Hessian), the Laplace check, flags.
+    curvature : the `curvatures` term at best.x, if computed already (with other stars')."""
+    space = prob.space
+    k = len(space.names)
+    n_pix = flux.size
     theta = best.x
     r, J = prob.eval(theta)
     w = np.ones(r.size)
@@ -403,7 +587,7 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
         # the exact Hessian of the density the samplers explore, so that the catalog's
         # covariance is its Laplace approximation; Gauss–Newton where that is not positive
         # definite (a fit stopped short of a minimum, at the box's edge)
-        exact = G - prob.curvature(theta)
+        exact = G - (curvatures([prob], [theta])[0] if curvature is None else curvature)
         if np.all(np.linalg.eigvalsh(exact) > 1e-10 * np.trace(G)):
             try:
                 # the shares of noise and model error are Gauss–Newton's (they add up to its

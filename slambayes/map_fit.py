@@ -28,7 +28,7 @@ from .label_space import LabelSpace
 from .likelihood import NoiseModel, pixel_weights
 from .fit_checks import CHECK_FLAGS
 from .map_core import FLAGS as SOLVER_FLAGS
-from .map_core import MapOptions, fit_star, gaussian_prior_terms, start_indices
+from .map_core import MapOptions, batch_size, fit_stars, gaussian_prior_terms, start_indices
 from .spectra_file import SpectraFile
 
 # every bit of the catalog's `flag` column: the solver's and the fit checks'
@@ -66,9 +66,13 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     n, k = len(names), space.n_labels
     weights = pixel_weights(ivar, noise.sigma_model)
     idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), weights, options.n_starts, options.clip_sigma)
-    # one star's Woodbury factors at a time: (n_pix, m) each, so memory stays bounded by one star
-    fits = [fit_star(emulator, flux[i], noise.star(ivar[i]), space, starts[0][idx0[i]], options, prior_terms)
-            for i in range(flux.shape[0])]
+    # a batch's Woodbury factors ((n_pix, m) each) at a time: memory stays bounded by the batch
+    fits = []
+    step = batch_size(flux.shape[1], noise.rank) if options.batched else 1
+    for a in range(0, flux.shape[0], step):
+        b = min(a + step, flux.shape[0])
+        fits += fit_stars(emulator, flux[a:b], [noise.star(iv) for iv in ivar[a:b]], space,
+                          [starts[0][i] for i in idx0[a:b]], options, prior_terms)
     values = np.array([f.values for f in fits]).reshape(-1, n)
     cov_formal = np.array([f.cov for f in fits]).reshape(-1, n, n)
     rchi2 = np.array([f.rchi2 for f in fits])
@@ -220,7 +224,7 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
             bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
             output=None, overwrite=False, progress=True, id_column=None, max_nfev=100,
             jac="analytic", loss="linear", f_scale=1.0, clip_sigma=5.0, fit_rv=False, rv_window=20.0,
-            laplace_draws=256):
+            laplace_draws=256, engine="auto"):
     """Maximum a posteriori labels for every spectrum.
 
     Parameters
@@ -255,6 +259,10 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
         Laplace Gaussian (`slambayes.map_core.laplace_check`): where its σ exceeds the Laplace
         one by more than the `laplace_ok` limit the errors are widened to it, and `laplace_ok`
         is False for a posterior mean more than 0.5 σ from the MAP; 0 skips the check
+    engine : "batched" (the stars of a chunk fitted together, one emulator product per
+        iteration: `slambayes.batched_lm`), "scipy" (`scipy.optimize.least_squares` one star
+        at a time, the reference) or "auto" (default: batched, except with a robust loss,
+        finite differences or method "dogbox", which only scipy's engine fits)
 
     Returns
     -------
@@ -291,7 +299,8 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     options = MapOptions(n_starts=int(n_starts), method=method, max_nfev=int(max_nfev), jac=jac,
                          loss=loss, f_scale=float(f_scale),
                          clip_sigma=None if clip_sigma is None else float(clip_sigma),
-                         fit_rv=bool(fit_rv), rv_window=float(rv_window), laplace_draws=int(laplace_draws))
+                         fit_rv=bool(fit_rv), rv_window=float(rv_window), laplace_draws=int(laplace_draws),
+                         engine=engine)
     prior_terms = gaussian_prior_terms(prior, space)
     if prior_terms is None:
         raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
@@ -312,7 +321,8 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
                 LABELS=",".join(space.label_names), MODELSHA=model_sha[:32],
                 TRAINSHA=emulator.training_hash_[:32],
                 MODELERR=noise.kind, ERRRANK=noise.rank, NOISETAG=noise.tag, CALIB="out-of-fold" if noise.calibrated else "none",
-                NOISE=noise.describe(), METHOD=method, LOSS=loss, FSCALE=float(f_scale),
+                NOISE=noise.describe(), METHOD=method, ENGINE="batched" if options.batched else "scipy",
+                LOSS=loss, FSCALE=float(f_scale),
                 CLIPSIG=-1.0 if clip_sigma is None else float(clip_sigma),
                 FITRV=bool(fit_rv), RVWINDOW=float(rv_window), LAPDRAWS=int(laplace_draws),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")

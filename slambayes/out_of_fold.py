@@ -21,7 +21,7 @@ from .emulator import training_hash
 from .fit_checks import fit_checks
 from .label_space import LabelSpace
 from .likelihood import NoiseModel
-from .map_core import MapOptions, fit_star, start_indices
+from .map_core import MapOptions, batch_size, fit_stars, start_indices
 from .model_covariance import error_factor
 from .spectra import SpectraWarning
 from .svr_training import cv_folds, fit_fold_block, run_pixel_blocks
@@ -58,14 +58,15 @@ def _fold_emulators(emulator, spectra, n_jobs, progress):
 
 
 def _fit_held_out(fold, noise, space, options, train_labels, flux, ivar):
-    """`fit_star` for each held-out spectrum of one fold, started at the best training star."""
+    """The survey fit (`fit_stars`, a `batch_size` of spectra at a time) of each held-out spectrum of one fold,
+    started at the best training star."""
     models = fold.predict(train_labels)
-    fits = []
-    for f, iv in zip(flux, ivar):
-        star = noise.star(iv)
-        f = np.where(star.good, f, 0.0)
-        start = train_labels[start_indices(models, f[None], star.weights[None], 1, options.clip_sigma)[0]]
-        fits.append(fit_star(fold, f, star, space, start, options))
+    fits, step = [], batch_size(flux.shape[1], noise.rank)
+    for a in range(0, len(flux), step):
+        stars = [noise.star(iv) for iv in ivar[a:a + step]]
+        f = np.array([np.where(s.good, fi, 0.0) for s, fi in zip(stars, flux[a:a + step])])
+        idx = start_indices(models, f, np.array([s.weights for s in stars]), 1, options.clip_sigma)
+        fits += fit_stars(fold, f, stars, space, [train_labels[i] for i in idx], options)
     return fits
 
 
