@@ -71,6 +71,8 @@ class Emulator:
     training_hash_ : str
     """
 
+    evaluates_batches = True      # predict_and_jacobian takes (m, k) labels: `map_core.fit_stars` batches
+
     def __init__(self, C=DEFAULT_C, gamma=DEFAULT_GAMMA, epsilon=0.05, cv=5, n_jobs=-1,
                  block_size=16, random_state=0, error_rank="auto", progress=True, backend=None,
                  compression=0.0):
@@ -154,15 +156,23 @@ class Emulator:
 
     @property
     def expansion(self) -> KernelExpansion:
-        """The kernel expansion in standardized units, compressed as `compression` asks (built
-        once per setting, cached)."""
+        """The kernel expansion in standardized units, compressed as `compression` asks."""
+        return self.expansion_at(self.compression)
+
+    def expansion_at(self, compression):
+        """The kernel expansion compressed to `compression` (0: exact), built once per setting
+        and cached (the Laplace check evaluates its draws on a compressed one while the fit
+        uses the emulator's own)."""
         self._check_fitted()
-        c = float(self.compression)
-        cached = getattr(self, "_expansion", None)
-        if cached is None or cached[0] != c:
-            dense = KernelExpansion.from_dense(self.X_train_, self.dual_coef_, self.intercept_, self.gamma_)
-            self._expansion = (c, dense.compressed(c, self._cv_rms()) if c > 0 else dense)
-        return self._expansion[1]
+        c = float(compression)
+        cache = getattr(self, "_expansion", None) or {}
+        if c not in cache:
+            if 0.0 not in cache:
+                cache[0.0] = KernelExpansion.from_dense(self.X_train_, self.dual_coef_, self.intercept_, self.gamma_)
+            if c > 0:
+                cache[c] = cache[0.0].compressed(c, self._cv_rms())
+        self._expansion = cache
+        return cache[c]
 
     def _cv_rms(self):
         """sqrt(CV MSE_j), standardized (n_pix,) (the training MSE where a pixel has no CV)."""
@@ -184,10 +194,12 @@ class Emulator:
     def from_std(self, theta):
         return np.asarray(theta) * self.label_std_ + self.label_mean_
 
-    def predict(self, labels):
-        """Normalized flux for labels (m, k) or (k,) in physical units → (m, n_pix) or (n_pix,)."""
+    def predict(self, labels, compression=None):
+        """Normalized flux for labels (m, k) or (k,) in physical units → (m, n_pix) or (n_pix,);
+        with the expansion compressed to `compression` if given, else to the emulator's own."""
         theta = self.to_std(labels)
-        f = self.expansion.predict(np.atleast_2d(theta))
+        exp = self.expansion if compression is None else self.expansion_at(compression)
+        f = exp.predict(np.atleast_2d(theta))
         f = self.flux_mean_ + self.flux_std_ * f
         return f[0] if theta.ndim == 1 else f
 

@@ -110,7 +110,7 @@ class KernelExpansion:
         per group the kernel row times its low-rank factor U (compressed), the kernel row
         itself (dense, n_train < n_pix_g) or the group's outputs (dense otherwise), so
         R = Σ_g min(rank_g, n_train, n_pix_g)."""
-        d2, _ = self._sqdist(xp, theta)
+        d2 = self._sqdist_by_product(xp, theta)
         return xp.concatenate([xp.exp(-g * d2) if self._projected_as_kernel(i) else xp.exp(-g * d2) @ A
                                for i, (g, A) in enumerate(zip(self.gammas, self.A_T))], axis=-1)
 
@@ -162,30 +162,27 @@ class KernelExpansion:
                                tuple(xp.asarray(v) for v in self.b), xp.asarray(self.order),
                                tuple(None if v is None else xp.asarray(v) for v in self.V))
 
-    def _sqdist(self, xp, theta):
-        X = self.X
-        d = theta[..., None, :] - X                      # (m, n_train, k)
-        return xp.sum(d * d, axis=-1), d
+    def _sqdist_by_product(self, xp, theta):
+        """‖θ − X_i‖² (m, n_train) as ‖θ‖² + ‖X‖² − 2θ·X (as libsvm computes it): a matrix product."""
+        return xp.maximum(xp.sum(theta * theta, axis=-1)[..., None] + xp.sum(self.X * self.X, axis=-1)
+                          - 2.0 * theta @ self.X.T, 0.0)
 
     def predict(self, theta, xp=np):
         """f(θ) for θ (m, k) standardized → (m, n_pix) standardized flux."""
-        # ‖θ‖² + ‖X‖² − 2θ·X (as libsvm computes it): a matrix product, without the (m, n_train, k)
-        # differences that the Jacobian needs
-        d2 = xp.maximum(xp.sum(theta * theta, axis=-1)[..., None] + xp.sum(self.X * self.X, axis=-1)
-                        - 2.0 * theta @ self.X.T, 0.0)
+        d2 = self._sqdist_by_product(xp, theta)
         outs = [self._times(i, xp.exp(-g * d2)) + b for i, (g, b) in enumerate(zip(self.gammas, self.b))]
         return self._in_pixel_order(outs, xp)
 
     def predict_and_jacobian(self, theta, xp=np):
         """(f, J) for θ (m, k): f (m, n_pix), J (m, n_pix, k), standardized units."""
-        d2, d = self._sqdist(xp, theta)                  # d = θ − X
+        d2 = self._sqdist_by_product(xp, theta)
         k = theta.shape[-1]
+        diff = theta[..., :, None] - self.X.T            # (m, k, n_train): θ − X, laid out as W needs it
         fs, js = [], []
         for i, (g, b) in enumerate(zip(self.gammas, self.b)):
             K = xp.exp(-g * d2)                          # (m, n_train)
             # one product for f and all k derivative columns
-            W = xp.concatenate([K[..., None, :], (-2.0 * g) * (d * K[..., None]).swapaxes(-1, -2)],
-                               axis=-2)                  # (m, 1 + k, n_train)
+            W = xp.concatenate([K[..., None, :], (-2.0 * g) * diff * K[..., None, :]], axis=-2)   # (m, 1 + k, n_train)
             out = self._times(i, W)                      # (m, 1 + k, n_pix_g)
             fs.append(out[..., 0, :] + b)
             js.append(out[..., 1:, :])

@@ -28,7 +28,7 @@ from .label_space import LabelSpace
 from .likelihood import NoiseModel, pixel_weights
 from .fit_checks import CHECK_FLAGS
 from .map_core import FLAGS as SOLVER_FLAGS
-from .map_core import MapOptions, batch_size, fit_stars, gaussian_prior_terms, start_indices
+from .map_core import MapOptions, batch_size, check_compression, fit_stars, gaussian_prior_terms, start_indices
 from .spectra_file import SpectraFile
 
 # every bit of the catalog's `flag` column: the solver's and the fit checks'
@@ -68,7 +68,7 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), weights, options.n_starts, options.clip_sigma)
     # a batch's Woodbury factors ((n_pix, m) each) at a time: memory stays bounded by the batch
     fits = []
-    step = batch_size(flux.shape[1], noise.rank) if options.batched else 1
+    step = batch_size(flux.shape[1], noise.rank, n) if options.batched else 1
     for a in range(0, flux.shape[0], step):
         b = min(a + step, flux.shape[0])
         fits += fit_stars(emulator, flux[a:b], [noise.star(iv) for iv in ivar[a:b]], space,
@@ -306,6 +306,8 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
         raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
                         f"is not Gaussian: use slambayes.fit_map_posterior (jax optimizer) instead")
     starts = training_models(emulator)
+    if options.laplace_draws:
+        emulator.expansion_at(check_compression(emulator))    # built once here, not in every task
     checks = getattr(emulator, "checks_", None)
     ids, id_from = _ids(spectra, id_column)
     meta_cols = meta_columns(spectra, reserved=_catalog_names(space, options), skip=(id_from,))
@@ -325,6 +327,7 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
                 LOSS=loss, FSCALE=float(f_scale),
                 CLIPSIG=-1.0 if clip_sigma is None else float(clip_sigma),
                 FITRV=bool(fit_rv), RVWINDOW=float(rv_window), LAPDRAWS=int(laplace_draws),
+                LAPCOMP=check_compression(emulator),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
     fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks, meta_cols)
     with warnings.catch_warnings():

@@ -61,7 +61,7 @@ def _fit_held_out(fold, noise, space, options, train_labels, flux, ivar):
     """The survey fit (`fit_stars`, a `batch_size` of spectra at a time) of each held-out spectrum of one fold,
     started at the best training star."""
     models = fold.predict(train_labels)
-    fits, step = [], batch_size(flux.shape[1], noise.rank)
+    fits, step = [], batch_size(flux.shape[1], noise.rank, space.n_labels)
     for a in range(0, len(flux), step):
         stars = [noise.star(iv) for iv in ivar[a:a + step]]
         f = np.array([np.where(s.good, fi, 0.0) for s, fi in zip(stars, flux[a:a + step])])

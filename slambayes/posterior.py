@@ -3,7 +3,7 @@
 The likelihood is the one of `slambayes.likelihood.NoiseModel` (Eq. 8, or its
 correlated form, by default the same choice as `fit_map`), so NUTS and emcee
 sample exactly the density whose maximum the survey catalog reports. Its MAP
-comes from the same single-star core (`slambayes.map_core.fit_star`).
+comes from the catalog's own core (`slambayes.map_core.fit_stars`).
 
 Parameters live in standardized units (`slambayes.label_space.LabelSpace`): the
 emulator's labels followed by any nuisance parameters a prior asks for (e.g.
@@ -27,7 +27,7 @@ from .doppler import DopplerShift
 from .float64 import in_float64
 from .label_space import LabelSpace
 from .likelihood import NoiseModel, StarNoise
-from .map_core import FLAGS, MapOptions, fit_star, gaussian_prior_terms, start_indices
+from .map_core import FLAGS, MapOptions, fit_stars, gaussian_prior_terms, start_indices
 from .progress import bar
 
 __all__ = ["Posterior", "fit_map_posterior"]
@@ -246,7 +246,7 @@ class Posterior:
         """MAP and Laplace covariance of one star → dict(names, values, cov, cov_formal, rchi2,
         flag, method, converged, message, noise, clipped (pixel indices the fit clipped)).
 
-        The labels come from `fit_star` (the catalog's core, with Gaussian priors as
+        The labels come from `fit_stars` (the catalog's core, with Gaussian priors as
         residuals). A non-Gaussian prior or nuisance parameters: the full log posterior is
         then maximized from there with L-BFGS-B on jax gradients, and the formal covariance
         is the inverse jax Hessian. `cov` is calibrated as in the catalog (formal under a
@@ -258,8 +258,9 @@ class Posterior:
         flux = np.where(noise.good, spectrum.flux[0], 0.0)
         k = self.n_labels
         terms = gaussian_prior_terms(self.prior, self.space) if self.prior is not None else ()
-        fit = fit_star(self.emulator, flux, noise, options.parameter_space(self.space),
-                       self._starts(flux, noise, options.clip_sigma), options, terms or ())
+        # the catalog's engine (`fit_stars`), so that this is the catalog row's fit to the last bit
+        fit = fit_stars(self.emulator, flux[None], [noise], options.parameter_space(self.space),
+                        [self._starts(flux, noise, options.clip_sigma)], options, terms or ())[0]
         out = dict(names=self.names, values=fit.values, cov_formal=fit.cov, cov_model=fit.cov_model[:k, :k],
                    rchi2=fit.rchi2, quality=np.array([fit.rchi2, fit.share]), flag=fit.flag,
                    method="LM", converged=fit.converged, message=fit.status, noise=self.noise.tag,
