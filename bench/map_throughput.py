@@ -99,15 +99,19 @@ def gemm_rate(n_train, n_pix):
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best
 
 
-def one_core_rate(em, test, **kw):
-    """(spectra/s of `fit_map` on one core (one process, one BLAS thread), its catalog)."""
+def one_core_rate(em, test, repeats=3, **kw):
+    """(spectra/s of `fit_map` on one core (one process, one BLAS thread), the best of `repeats`
+    runs as for the GEMM rate; its catalog)."""
     from threadpoolctl import threadpool_limits
 
+    best = np.inf
     with threadpool_limits(1):
         fit_map(em, test[:4], progress=False, **kw)                     # warm-up
-        t0 = time.perf_counter()
-        cat = fit_map(em, test, n_jobs=1, chunk_size=len(test), progress=False, **kw)
-        return len(cat) / (time.perf_counter() - t0), cat
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            cat = fit_map(em, test, n_jobs=1, chunk_size=len(test), progress=False, **kw)
+            best = min(best, time.perf_counter() - t0)
+    return len(cat) / best, cat
 
 
 def agreement(a, b, names):
@@ -187,18 +191,20 @@ def main():
     f, iv, lab = draw(np.random.default_rng(2), args.n_test, 50.0)
     test = Spectra(wave, f, iv)
     exact = engines(em, test, NAMES, lab)
+    kw = dict(n_jobs=2, chunk_size=max(args.n_test // 2, 1), laplace_draws=0, progress=False)
+    fit_map(em, test, **kw)                   # the workers start and receive the model once
     t0 = time.perf_counter()
-    cat = fit_map(em, test, n_jobs=2, chunk_size=max(args.n_test // 2, 1), laplace_draws=0, progress=False)
+    cat = fit_map(em, test, **kw)
     print(f"  batched engine, 2 processes: {len(cat) / (time.perf_counter() - t0):.1f} spectra/s")
     em.compression = args.compression
     print(f"  compression {args.compression}: coefficient ranks {em.expansion.ranks}")
-    rate, cat = one_core_rate(em, test, laplace_draws=0)
+    rate, cat = one_core_rate(em, test, 1, laplace_draws=0)
     shift, width = agreement(exact, cat, NAMES)
     print(f"  batched engine, compression {args.compression}: {rate:.1f} spectra/s; labels differ from the exact "
           f"expansion's by ≤ {shift:.4f} σ, errors by ≤ {100 * width:.2f} %")
     em.compression = 0.0
-    an_rate, _ = one_core_rate(em, test[: args.n_fd], engine="scipy", laplace_draws=0)
-    fd_rate, _ = one_core_rate(em, test[: args.n_fd], engine="scipy", jac="2-point", laplace_draws=0)
+    an_rate, _ = one_core_rate(em, test[: args.n_fd], 1, engine="scipy", laplace_draws=0)
+    fd_rate, _ = one_core_rate(em, test[: args.n_fd], 1, engine="scipy", jac="2-point", laplace_draws=0)
     print(f"  scipy engine, finite-difference Jacobian: {1e3 / fd_rate:.1f} ms/spectrum vs {1e3 / an_rate:.1f} ms "
           f"analytic -> analytic is {an_rate / fd_rate:.1f}x faster")
 

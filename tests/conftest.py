@@ -97,3 +97,16 @@ def _quiet_warnings():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def assert_engines_agree(a, b, names, sigmas=0.05, rel=0.05):
+    """Two catalogs of the same spectra (scipy's engine `a`, the batched one `b`) give the same
+    labels (|Δ| < `sigmas` σ), errors and covariance (within `rel`, per element in units of
+    σ_i σ_j) and flags. Returns (max |Δ|/σ, max |σ_b/σ_a − 1|) for printing."""
+    shift = max(float(np.max(np.abs(a[n] - b[n]) / a[n + "_err"])) for n in names)
+    width = max(float(np.max(np.abs(b[n + "_err"] / a[n + "_err"] - 1))) for n in names)
+    s = np.sqrt(np.diagonal(a["cov"], axis1=1, axis2=2))
+    assert shift < sigmas and width < rel, (shift, width)
+    assert np.all(np.abs(b["cov"] - a["cov"]) / (s[:, :, None] * s[:, None, :]) < rel)
+    np.testing.assert_array_equal(a["flag"], b["flag"])
+    return shift, width

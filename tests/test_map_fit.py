@@ -6,6 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import assert_engines_agree
 
 from slambayes import Emulator, Spectra, fit_map, preprocess as P
 from slambayes.datasets import make_demo
@@ -226,7 +227,17 @@ def test_apogee_giants_five_fold_cv(bench_datasets):
                      label_names=d["label_names"])
         em = Emulator(C=(1.0, 10.0, 100.0), gamma=(0.01, 0.1, 1.0), n_jobs=2, progress=False).fit(tr)
         calibrate(em, tr)
-        cat = fit_map(em, Spectra(d["wave"], d["test"]["flux"], d["test"]["ivar"]), progress=False)
+        test = Spectra(d["wave"], d["test"]["flux"], d["test"]["ivar"])
+        cat = fit_map(em, test, progress=False)
+        if not preds:
+            # the batched engine (default) is scipy's least_squares star by star, with the correlated
+            # model error (the default here) and with a Gaussian prior
+            names = list(d["label_names"])
+            agree = [assert_engines_agree(fit_map(em, test, engine="scipy", progress=False), cat, names)]
+            prior = _Gauss(["logg"], [2.5], [[0.3**2]])
+            agree.append(assert_engines_agree(fit_map(em, test, prior=prior, engine="scipy", progress=False),
+                                              fit_map(em, test, prior=prior, progress=False), names))
+            print(f"apogee100 split {split}: batched vs scipy engine, max |Δ|/σ and |σ ratio − 1|: {agree}")
         p, e = labels_from_catalog(cat, d["label_names"])
         preds.append(p); errs.append(e); truths.append(d["test"]["labels"])
         formal.append(np.column_stack([cat[n + "_err_formal"] for n in d["label_names"]]))
