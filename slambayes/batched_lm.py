@@ -56,22 +56,24 @@ _MESSAGES = {"ftol": "`ftol` termination condition is satisfied.",
              "nonfinite": "the residuals or their Jacobian are not finite."}
 
 
+def _on_free(M, free):
+    """M (a, n, n) restricted to the free parameters (a, n): the identity on the others, so that a
+    solve leaves them where they are."""
+    both = free[:, :, None] & free[:, None, :]
+    return np.where(both, M, 0.0) + np.eye(M.shape[-1]) * (~free)[:, :, None]
+
+
 def _step(g, A, lam, free):
     """Damped steps (a, n) on the free parameters of a batch: g (a, n), A (a, n, n), lam (a,)."""
-    n = g.shape[1]
     d = np.diagonal(A, axis1=1, axis2=2)
     d = np.maximum(d, 1e-12 * np.maximum(d.max(1, keepdims=True), 1e-300))
-    M = A + lam[:, None, None] * (d[:, :, None] * np.eye(n))
-    both = free[:, :, None] & free[:, None, :]
-    M = np.where(both, M, 0.0) + np.eye(n) * (~free)[:, :, None]
-    return np.linalg.solve(M, np.where(free, -g, 0.0)[..., None])[..., 0]
+    M = A + lam[:, None, None] * (d[:, :, None] * np.eye(g.shape[1]))
+    return np.linalg.solve(_on_free(M, free), np.where(free, -g, 0.0)[..., None])[..., 0]
 
 
 def _decrement(g, A, free):
     """½ gᵀA⁻¹g on the free parameters (a,); +inf where A is singular there."""
-    n = g.shape[1]
-    both = free[:, :, None] & free[:, None, :]
-    M = np.where(both, A, 0.0) + np.eye(n) * (~free)[:, :, None]
+    M = _on_free(A, free)
     gf = np.where(free, g, 0.0)
     try:
         return 0.5 * np.einsum("ij,ij->i", gf, np.linalg.solve(M, gf[..., None])[..., 0])

@@ -2,7 +2,8 @@
 
 `fit_star` is the one fitting routine of slambayes, and `fit_stars` the same fit
 for a chunk of spectra: the survey `fit_map` and the out-of-fold calibration call
-`fit_stars`, `Posterior.find_map` calls `fit_star` for one star. Both minimize
+it through `fit_spectra` (start points, batches), `Posterior.find_map` with one
+star. Both minimize
 
     ½ ‖Σ^(−½) (f − f(θ))‖² + ½ Σ_p ‖L_p⁻¹ (θ_p − μ_p)‖²
 
@@ -58,8 +59,9 @@ from scipy.optimize import least_squares
 
 from .batched_lm import least_squares_batch
 from .doppler import DopplerShift
+from .likelihood import pixel_weights
 
-__all__ = ["RV", "FLAGS", "ENGINES", "batch_size", "check_compression", "MapOptions", "StarFit", "fit_star", "fit_stars", "gaussian_prior_terms", "start_indices",
+__all__ = ["RV", "FLAGS", "ENGINES", "batch_size", "check_compression", "MapOptions", "StarFit", "fit_star", "fit_stars", "fit_spectra", "gaussian_prior_terms", "start_indices",
            "LOSSES", "outlying_pixels"]
 
 RV = "rv_resid"
@@ -344,6 +346,12 @@ def curvatures(probs, thetas):
     return out
 
 
+def _check_space(space, options):
+    if (RV in space.names) != bool(options.fit_rv) or len(space.names) != space.n_labels + int(options.fit_rv):
+        raise ValueError(f"the parameter space {space.names} is not the one of these options; "
+                         f"use options.parameter_space(space)")
+
+
 def fit_star(emulator, flux, noise, space, starts, options=MapOptions(), prior_terms=()):
     """MAP labels of one spectrum.
 
@@ -355,9 +363,7 @@ def fit_star(emulator, flux, noise, space, starts, options=MapOptions(), prior_t
     starts : (n_start, k) starting labels, physical units (rv_resid starts at 0)
     Returns a `StarFit` (values, cov over all parameters of `space`).
     """
-    if (RV in space.names) != bool(options.fit_rv) or len(space.names) != space.n_labels + int(options.fit_rv):
-        raise ValueError(f"the parameter space {space.names} is not the one of these options; "
-                         f"use options.parameter_space(space)")
+    _check_space(space, options)
     k = len(space.names)
     n_good = noise.n_good
     if n_good <= k:
@@ -378,9 +384,7 @@ def fit_stars(emulator, flux, noises, space, starts, options=MapOptions(), prior
     m = len(flux)
     if not (options.batched and getattr(emulator, "evaluates_batches", False)):
         return [fit_star(emulator, flux[i], noises[i], space, starts[i], options, prior_terms) for i in range(m)]
-    if (RV in space.names) != bool(options.fit_rv):
-        raise ValueError(f"the parameter space {space.names} is not the one of these options; "
-                         f"use options.parameter_space(space)")
+    _check_space(space, options)
     out = [None] * m
     probs, x0s = {}, {}
     for i in range(m):
@@ -392,6 +396,8 @@ def fit_stars(emulator, flux, noises, space, starts, options=MapOptions(), prior
         best = _solve_batch(emulator, space, probs, x0s, options)
     except Exception:  # noqa: BLE001  a batch the engine could not take is fitted star by star
         best = {}
+    start = {i: x0 for i, (_, x0) in best.items()}      # the first fit's start, as `fit_star` keeps it
+    best = {i: sol for i, (sol, _) in best.items()}
     nfev = {i: b.nfev for i, b in best.items()}
     clipped = {i: np.zeros(flux.shape[1], bool) for i in best}
     kept = {i: noises[i] for i in best}
@@ -413,9 +419,8 @@ def fit_stars(emulator, flux, noises, space, starts, options=MapOptions(), prior
             again = {}
         for i in redo:
             if i in again:
-                again[i].start = best[i].start        # the first fit's start, as `fit_star` keeps it
-                best[i] = again[i]
-                nfev[i] += again[i].nfev
+                best[i] = again[i][0]
+                nfev[i] += best[i].nfev
             else:
                 best.pop(i)
         pending = list(again)
@@ -434,11 +439,26 @@ def fit_stars(emulator, flux, noises, space, starts, options=MapOptions(), prior
             out[i] = fit_star(emulator, flux[i], noises[i], space, starts[i], options, prior_terms)
             continue
         try:
-            out[i] = _finish(probs[i], flux[i], best[i], best[i].start, nfev[i], clipped[i], kept[i], options,
+            out[i] = _finish(probs[i], flux[i], best[i], start[i], nfev[i], clipped[i], kept[i], options,
                              curv.get(i))
         except Exception as exc:  # noqa: BLE001  one bad spectrum must not stop a batch
             out[i] = StarFit.failed(len(space.names), FLAGS["error"], f"{type(exc).__name__}: {exc}")
     return out
+
+
+def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions(), prior_terms=()):
+    """`fit_stars` for spectra flux, ivar (n, n_pix) of one `NoiseModel`, each started at the
+    `options.n_starts` training stars whose model spectra fit it best (`start_indices`);
+    `batch_size` spectra at a time, so that memory holds one batch's noise factors ((n_pix, m) each).
+    starts : (labels (n_train, k), model spectra (n_train, n_pix)), the start candidates.
+    Returns (list of n `StarFit`, start indices (n, n_starts))."""
+    idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), pixel_weights(ivar, noise.sigma_model),
+                         options.n_starts, options.clip_sigma)
+    fits, step = [], batch_size(flux.shape[1], noise.rank, len(space.names))
+    for a in range(0, flux.shape[0], step):
+        fits += fit_stars(emulator, flux[a:a + step], [noise.star(iv) for iv in ivar[a:a + step]], space,
+                          [starts[0][i] for i in idx0[a:a + step]], options, prior_terms)
+    return fits, idx0
 
 
 def _restore(prob, best):
@@ -447,18 +467,10 @@ def _restore(prob, best):
         prob.take(best.x, *best.state)
 
 
-class _Best:
-    """A star's best solution over its starts, with the start it came from."""
-
-    def __init__(self, sol, start):
-        self.x, self.cost, self.success, self.message, self.nfev, self.state = \
-            sol.x, sol.cost, sol.success, sol.message, sol.nfev, sol.state
-        self.start = start
-
-
 def _solve_batch(emulator, space, probs, x0s, options):
     """Every start of every star in `probs` ({i: _Problem}) solved together from x0s ({i: list
-    of standardized starts}) → {i: _Best}, the lowest cost over each star's starts."""
+    of standardized starts}) → {i: (`Solution`, its start)}, the lowest cost over each star's
+    starts (as `_solve` does for one star)."""
     if not probs:
         return {}
     owner = [i for i in probs for _ in x0s[i]]
@@ -479,8 +491,8 @@ def _solve_batch(emulator, space, probs, x0s, options):
     sols = least_squares_batch(residuals, X0, lo, hi, max_nfev=options.max_nfev)
     best = {}
     for p, (i, sol) in enumerate(zip(owner, sols)):
-        if i not in best or sol.cost < best[i].cost:
-            best[i] = _Best(sol, X0[p])
+        if i not in best or sol.cost < best[i][0].cost:
+            best[i] = (sol, X0[p])
     return best
 
 

@@ -1,7 +1,7 @@
 """Survey-wide MAP fitting: the single-star core (`slambayes.map_core`) over chunks.
 
 `fit_map` resolves the noise model and the label space once, then fits every
-spectrum with `fit_star` in chunks (joblib locally, dask with a client),
+spectrum with `fit_spectra` (`slambayes.map_core`) in chunks (joblib locally, dask with a client),
 writing each chunk as it finishes (see `slambayes.catalog`) so that a re-run
 resumes. It returns an astropy Table with one row per spectrum: labels, their
 calibrated errors and covariance (and the formal ones beside them), fit
@@ -25,10 +25,10 @@ from astropy.table import Table
 
 from .catalog import run_chunked
 from .label_space import LabelSpace
-from .likelihood import NoiseModel, pixel_weights
+from .likelihood import NoiseModel
 from .fit_checks import CHECK_FLAGS
 from .map_core import FLAGS as SOLVER_FLAGS
-from .map_core import MapOptions, batch_size, check_compression, fit_stars, gaussian_prior_terms, start_indices
+from .map_core import MapOptions, check_compression, fit_spectra, gaussian_prior_terms
 from .spectra_file import SpectraFile
 
 # every bit of the catalog's `flag` column: the solver's and the fit checks'
@@ -64,15 +64,7 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     space = options.parameter_space(space)
     names = list(space.names)                     # the labels, then rv_resid when fitted
     n, k = len(names), space.n_labels
-    weights = pixel_weights(ivar, noise.sigma_model)
-    idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), weights, options.n_starts, options.clip_sigma)
-    # a batch's Woodbury factors ((n_pix, m) each) at a time: memory stays bounded by the batch
-    fits = []
-    step = batch_size(flux.shape[1], noise.rank, n) if options.batched else 1
-    for a in range(0, flux.shape[0], step):
-        b = min(a + step, flux.shape[0])
-        fits += fit_stars(emulator, flux[a:b], [noise.star(iv) for iv in ivar[a:b]], space,
-                          [starts[0][i] for i in idx0[a:b]], options, prior_terms)
+    fits, idx0 = fit_spectra(emulator, flux, ivar, noise, space, starts, options, prior_terms)
     values = np.array([f.values for f in fits]).reshape(-1, n)
     cov_formal = np.array([f.cov for f in fits]).reshape(-1, n, n)
     rchi2 = np.array([f.rchi2 for f in fits])

@@ -21,7 +21,7 @@ from .emulator import training_hash
 from .fit_checks import fit_checks
 from .label_space import LabelSpace
 from .likelihood import NoiseModel
-from .map_core import MapOptions, batch_size, fit_stars, start_indices
+from .map_core import MapOptions, fit_spectra
 from .model_covariance import error_factor
 from .spectra import SpectraWarning
 from .svr_training import cv_folds, fit_fold_block, run_pixel_blocks
@@ -58,16 +58,9 @@ def _fold_emulators(emulator, spectra, n_jobs, progress):
 
 
 def _fit_held_out(fold, noise, space, options, train_labels, flux, ivar):
-    """The survey fit (`fit_stars`, a `batch_size` of spectra at a time) of each held-out spectrum of one fold,
-    started at the best training star."""
-    models = fold.predict(train_labels)
-    fits, step = [], batch_size(flux.shape[1], noise.rank, space.n_labels)
-    for a in range(0, len(flux), step):
-        stars = [noise.star(iv) for iv in ivar[a:a + step]]
-        f = np.array([np.where(s.good, fi, 0.0) for s, fi in zip(stars, flux[a:a + step])])
-        idx = start_indices(models, f, np.array([s.weights for s in stars]), 1, options.clip_sigma)
-        fits += fit_stars(fold, f, stars, space, [train_labels[i] for i in idx], options)
-    return fits
+    """The survey fit (`fit_spectra`) of each held-out spectrum of one fold, started at the best
+    training star."""
+    return fit_spectra(fold, flux, ivar, noise, space, (train_labels, fold.predict(train_labels)), options)[0]
 
 
 def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=True):
