@@ -20,7 +20,9 @@ def test_lamost_full_path_five_fold_cv(lamost_dir, lamost_catalog, bench_dataset
     err = np.full(sp.labels.shape, np.nan)
     for fold in bench_datasets.cv_folds(sp.n_star):
         train = np.setdiff1d(np.arange(sp.n_star), fold)
-        em = Emulator(C=(1.0, 10.0, 100.0), gamma=(0.01, 0.1, 1.0), cv=3, n_jobs=2, block_size=64,
+        # a 2 × 2 grid: 1.5 min instead of 3.5 with C {1, 10, 100} × γ {0.01, 0.1, 1}, and no worse
+        # (scatter 218 K / 0.33 / 0.19 against 229 K / 0.35 / 0.19)
+        em = Emulator(C=(10.0, 100.0), gamma=(0.01, 0.1), cv=3, n_jobs=2, block_size=64,
                       progress=False).fit(sp[train])
         cat = fit_map(em, sp[fold], progress=False)
         pred[fold], err[fold] = labels_from_catalog(cat, em.label_names_)
