@@ -24,11 +24,13 @@ def rbf_gram(X, Y, gamma):
     return np.exp(-gamma * d2)
 
 
-def cv_pixel(grams, y, good, folds, C_grid, epsilon):
+def cv_pixel(grams, y, good, folds, C_grid, epsilon, shared=None):
     """k-fold CV over the (C, γ) grid for one pixel.
 
     grams : dict γ → (n, n) Gram matrix of all training stars
     y : (n,) standardized flux, good : (n,) bool, folds : list of (train, test) index arrays
+    shared : optional dict (γ, fold) → (K_train, K_test), the fold's Gram blocks of all its
+        stars (`fold_grams`), used when none of the fold's stars is masked for this pixel
     Returns (mse, md, oof, fold_sse, fold_n): arrays of shape (n_C, n_γ) with the CV mean
     squared error and mean difference (prediction − truth) over the held-out good stars,
     (n_C, n_γ, n) with each star's out-of-fold residual (0 for a masked star),
@@ -40,25 +42,41 @@ def cv_pixel(grams, y, good, folds, C_grid, epsilon):
     oof = np.zeros(mse.shape + (y.size,))
     fold_sse = np.zeros(mse.shape + (len(folds),))
     fold_n = np.array([int(good[te].sum()) if good[tr].sum() >= 2 else 0 for tr, te in folds])
+    sq, diff, count = np.zeros(mse.shape), np.zeros(mse.shape), np.zeros(mse.shape, int)
     for jg, g in enumerate(gammas):
         K = grams[g]
-        for ic, C in enumerate(C_grid):
-            sq, diff, n = 0.0, 0.0, 0
-            for f, (tr, te) in enumerate(folds):
-                tr, te = tr[good[tr]], te[good[te]]
-                if tr.size < 2 or te.size == 0:
-                    continue
-                svr = SVR(kernel="precomputed", C=C, epsilon=epsilon).fit(K[np.ix_(tr, tr)], y[tr])
-                r = svr.predict(K[np.ix_(te, tr)]) - y[te]
+        for f, (tr_all, te_all) in enumerate(folds):
+            tr, te = tr_all[good[tr_all]], te_all[good[te_all]]
+            if tr.size < 2 or te.size == 0:
+                continue
+            if shared is not None and tr.size == tr_all.size and te.size == te_all.size:
+                K_tr, K_te = shared[g, f]
+            else:
+                K_tr, K_te = K[np.ix_(tr, tr)], K[np.ix_(te, tr)]      # one copy for every C
+            for ic, C in enumerate(C_grid):
+                svr = SVR(kernel="precomputed", C=C, epsilon=epsilon).fit(K_tr, y[tr])
+                r = svr.predict(K_te) - y[te]
                 oof[ic, jg, te] = r
                 fold_sse[ic, jg, f] = float(r @ r)
-                sq += float(r @ r)
-                diff += float(r.sum())
-                n += te.size
-            if n:
-                mse[ic, jg] = sq / n
-                md[ic, jg] = diff / n
+                sq[ic, jg] += float(r @ r)          # over the folds in order, as before
+                diff[ic, jg] += float(r.sum())
+                count[ic, jg] += te.size
+    seen = count > 0
+    mse[seen], md[seen] = sq[seen] / count[seen], diff[seen] / count[seen]
     return mse, md, oof, fold_sse, fold_n
+
+
+_SHARED_GRAMS_MAX = 2**28     # bytes of fold Gram blocks kept per pixel block (256 MB)
+
+
+def fold_grams(grams, folds):
+    """(γ, fold) → (K[train, train], K[test, train]) of all the fold's stars, shared by the
+    pixels of a block that mask none of them; None if they would take over 256 MB."""
+    size = sum(tr.size * (tr.size + te.size) for tr, te in folds) * len(grams) * 8
+    if size > _SHARED_GRAMS_MAX:
+        return None
+    return {(g, f): (K[np.ix_(tr, tr)], K[np.ix_(te, tr)]) for g, K in grams.items()
+            for f, (tr, te) in enumerate(folds)}
 
 
 def choice_without_each_fold(fold_sse, fold_n):
@@ -92,6 +110,7 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
     n, p = Y.shape
     folds = cv_folds(n, cv, seed) if cv else []
     grams = {g: rbf_gram(X, X, g) for g in gamma_grid} if cv else {}
+    shared = fold_grams(grams, folds) if cv else None
     dual = np.zeros((p, n))
     oof = np.zeros((p, n))
     stats = np.full((p, len(PIXEL_STATS)), np.nan)
@@ -104,7 +123,7 @@ def fit_pixel_block(X, Y, G, C_grid, gamma_grid, epsilon, cv, seed):
             stats[j] = (C_grid[0], gamma_grid[0], 1.0, 0.0, 1.0, 0.0)
             continue
         if cv:
-            mse, md, res, fold_sse, fold_n = cv_pixel(grams, y, good, folds, C_grid, epsilon)
+            mse, md, res, fold_sse, fold_n = cv_pixel(grams, y, good, folds, C_grid, epsilon, shared)
             ic, jg = np.unravel_index(np.argmin(mse), mse.shape)
             C, g = C_grid[ic], gamma_grid[jg]
             oof[j] = res[ic, jg]
