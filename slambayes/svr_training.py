@@ -12,7 +12,8 @@ from sklearn.svm import SVR
 
 from .progress import bar
 
-__all__ = ["run_pixel_blocks", "rbf_gram", "cv_pixel", "choice_without_each_fold", "fit_pixel", "fit_pixel_block", "fit_fold_block", "cv_folds", "PIXEL_STATS"]
+__all__ = ["run_pixel_blocks", "rbf_gram", "cv_pixel", "choice_without_each_fold", "fit_pixel", "fit_pixel_block", "fit_fold_block", "cv_folds", "fold_grams",
+           "PIXEL_STATS"]
 
 # per-pixel results of `fit_pixel_block`, in this order
 PIXEL_STATS = ("C", "gamma", "cv_mse", "cv_md", "train_mse", "intercept")
@@ -58,7 +59,7 @@ def cv_pixel(grams, y, good, folds, C_grid, epsilon, shared=None):
                 r = svr.predict(K_te) - y[te]
                 oof[ic, jg, te] = r
                 fold_sse[ic, jg, f] = float(r @ r)
-                sq[ic, jg] += float(r @ r)          # over the folds in order, as before
+                sq[ic, jg] += float(r @ r)          # summed in fold order: the same floats for any loop order
                 diff[ic, jg] += float(r.sum())
                 count[ic, jg] += te.size
     seen = count > 0
