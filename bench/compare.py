@@ -18,7 +18,8 @@ correlations between pixels, learned from the out-of-fold CV residuals),
 "slambayes_soft_l1" (the default with loss="soft_l1", f_scale=1: pixels off by
 more than 1 total σ lose weight, as in astroslam's own soft_l1 fit). Prints one table (CV scatter, bias, MAE, median formal
 error, z-score std per label; training wall time per fold; MAP seconds per
-spectrum) with the ratios slambayes/peer, and for dwarfsim the same per S/N with
+spectrum) with the ratios slambayes/peer, the same statistics for the test stars whose true labels
+lie inside the training set's coverage (`U_COVERED`), and for dwarfsim the same per S/N with
 the Cramér–Rao bound of the generating model. Writes bench/compare_<dataset>.json.
 """
 from __future__ import annotations
@@ -139,6 +140,25 @@ def stats(pred, err, truth):
                 n_failed=int((~np.all(np.isfinite(pred), 1)).sum()))
 
 
+# a test star counts as inside the training set's coverage when its TRUE labels lie within this many
+# typical spacings (slambayes.calibration's u) of its 8 nearest training stars: where the emulator
+# interpolates. Outside it extrapolates, and the fit returns labels inside the covered region with
+# nothing in the spectrum's fit to tell (what no per-star error model can see)
+U_COVERED = 3.0
+
+
+def truth_coverage(split):
+    """u (n_test,) of each test star's true labels against its split's training labels
+    (standardized by the training set, as the emulator does)."""
+    from slambayes.calibration import neighbour_features, typical_spacing
+    from slambayes.preprocess import standardize
+
+    train = np.asarray(split["train"]["labels"], float)
+    mean, std = standardize(train)
+    X = (train - mean) / std
+    return neighbour_features(X, (np.asarray(split["test"]["labels"], float) - mean) / std)[0] / typical_spacing(X)
+
+
 def fmt(v):
     return " / ".join(f"{x:.3g}" for x in np.atleast_1d(v))
 
@@ -222,7 +242,10 @@ def main():
             truth = np.vstack([s["test"]["labels"] for s, _ in per_split])
             snr = np.concatenate([s["test"].get("snr", np.full(len(s["test"]["labels"]), np.nan))
                                   for s, _ in per_split])
-            r = dict(all=stats(pred, err, truth), train_s_per_fold=float(np.mean([o[row][2] for _, o in per_split])),
+            inside = np.concatenate([truth_coverage(s) for s, _ in per_split]) <= U_COVERED
+            r = dict(all=stats(pred, err, truth), covered=dict(stats(pred[inside], err[inside], truth[inside]),
+                                                              n=int(inside.sum()), n_outside=int((~inside).sum())),
+                     train_s_per_fold=float(np.mean([o[row][2] for _, o in per_split])),
                      fit_s_per_spectrum=sum(o[row][3] for _, o in per_split) / len(pred))
             if args.dataset == "dwarfsim":
                 r["by_snr"] = {float(v): stats(pred[snr == v], err[snr == v], truth[snr == v])
@@ -240,6 +263,13 @@ def main():
               f"{fmt(a['median_err']):>24s} {fmt(a['z_std']):>18s} {fmt(a.get('coverage68', np.nan)):>18s} "
               f"{r['train_s_per_fold']:12.1f} "
               f"{r['fit_s_per_spectrum']:11.4f}")
+    print(f"\ntest stars whose true labels lie within {U_COVERED:g} typical spacings of the training set "
+          "(the emulator interpolates):")
+    for m, r in results.items():
+        if "covered" in r:
+            c = r["covered"]
+            print(f"{m:17s} {c['n']} in, {c['n_outside']} out: scatter {fmt(c['scatter'])}  z-std {fmt(c['z_std'])}"
+                  f"  68% cover {fmt(c['coverage68'])}")
     for o in (o for o in SLAMBAYES_FITS if o in results):
         ours = results[o]
         for m, r in results.items():
