@@ -236,13 +236,14 @@ def main():
             for row, (_, _, tr_s, f_s) in out.items():
                 print(f"  {row:17s} split {s['split']}: train {tr_s:7.1f} s, fit {f_s:7.1f} s "
                       f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
+        # truths, S/N and coverage of the test stars: the same for every row of the method
+        truth = np.vstack([s["test"]["labels"] for s, _ in per_split])
+        snr = np.concatenate([s["test"].get("snr", np.full(len(s["test"]["labels"]), np.nan))
+                              for s, _ in per_split])
+        inside = np.concatenate([truth_coverage(s) for s, _ in per_split]) <= U_COVERED
         for row in per_split[0][1]:
             pred = np.vstack([o[row][0] for _, o in per_split])
             err = np.vstack([o[row][1] for _, o in per_split])
-            truth = np.vstack([s["test"]["labels"] for s, _ in per_split])
-            snr = np.concatenate([s["test"].get("snr", np.full(len(s["test"]["labels"]), np.nan))
-                                  for s, _ in per_split])
-            inside = np.concatenate([truth_coverage(s) for s, _ in per_split]) <= U_COVERED
             r = dict(all=stats(pred, err, truth), covered=dict(stats(pred[inside], err[inside], truth[inside]),
                                                               n=int(inside.sum()), n_outside=int((~inside).sum())),
                      train_s_per_fold=float(np.mean([o[row][2] for _, o in per_split])),
