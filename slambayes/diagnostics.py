@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .map_core import LAPLACE_LIMITS
+from .laplace_check import LAPLACE_LIMITS
 
 __all__ = ["compare_to_laplace", "gaussian_kl", "plot_corner", "plot_trace", "plot_spectrum",
            "THRESHOLDS"]

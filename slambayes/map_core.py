@@ -21,19 +21,13 @@ rv_resid, and with a robust loss (W its IRLS weights). In physical units.
 A spectrum that cannot be fit gets a `StarFit` with a flag and NaN values,
 never an exception.
 
-The Laplace approximation is then checked (`laplace_check`, `MapOptions.laplace_draws`):
-an emulator that bends on the scale of a star's own error (an RBF expansion
-with a large γ, a faint star near the edge of the training set) gives skewed or
-long-tailed posteriors. Importance weights of draws from the Laplace Gaussian
-(widened by `LAPLACE_SCALE`) give the posterior mean and σ; where that σ exceeds
-the Laplace one by more than `LAPLACE_LIMITS` allows, each parameter's σ is widened
-to the sampled one (the model error's share with it), and where the mean lies more
-than 0.5 reported σ from the MAP `laplace_ok` is False: MAP ± σ does not describe
-that star's posterior, sample it. (Not a flag bit: the fit is not wrong, its
-Gaussian summary is; on faint stars near the edge of the training set it is
-common.) The same rule serves the catalog, the out-of-fold fits the error
-calibration is learned from, and `Posterior.find_map`, so the samplers'
-calibration map starts from the same covariance.
+The Laplace approximation is then checked (`slambayes.laplace_check`,
+`MapOptions.laplace_draws`): where the posterior is wider than the curvature says
+each σ is widened to the sampled one, and where its mean lies far from the MAP
+`laplace_ok` is False. The same rule serves the catalog, the out-of-fold fits the
+error calibration is learned from, and `Posterior.find_map`, so the samplers'
+calibration map starts from the same covariance. Start points are the training
+stars that fit best (`slambayes.start_points`).
 
 Pixels no model predicts (unflagged cosmic rays, sky residuals) are clipped, as
 the SLAM paper's pipeline does: after a fit, a pixel whose raw residual exceeds
@@ -59,10 +53,12 @@ from scipy.optimize import least_squares
 
 from .batched_lm import least_squares_batch
 from .doppler import DopplerShift
+from .laplace_check import LAPLACE_LIMITS, check_compression, laplace_check
 from .likelihood import pixel_weights
+from .start_points import start_indices
 
-__all__ = ["RV", "FLAGS", "ENGINES", "batch_size", "check_compression", "MapOptions", "StarFit", "fit_star", "fit_stars", "fit_spectra", "gaussian_prior_terms", "start_indices",
-           "LOSSES", "outlying_pixels"]
+__all__ = ["RV", "FLAGS", "ENGINES", "batch_size", "MapOptions", "StarFit", "fit_star", "fit_stars",
+           "fit_spectra", "gaussian_prior_terms", "LOSSES", "outlying_pixels"]
 
 RV = "rv_resid"
 ENGINES = ("auto", "batched", "scipy")
@@ -80,15 +76,6 @@ def batch_size(n_pix, rank, n_par=4):
 
 # bit flags of a fit (the catalog's `flag` column)
 FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8, "start_unchanged": 128}
-# how far the posterior may be from the fit's Gaussian (Laplace) approximation, in units of its σ:
-# the limits of `laplace_check` here and of `slambayes.diagnostics.compare_to_laplace` for NUTS
-LAPLACE_LIMITS = dict(shift=0.5, width=(0.8, 1.25))
-LAPLACE_SCALE = 1.5        # the importance proposal is the Laplace Gaussian widened by this factor
-# the check's draws are evaluated on the emulator's low-rank expansion at this setting (or the
-# emulator's own, if it is compressed already): its predictions differ from the exact ones by
-# ≤ 0.2 % of each pixel's CV error, and the draws need flux only, so 256 of them cost about what
-# the fit does instead of several times more (`Emulator.expansion_at`)
-CHECK_COMPRESSION = 0.002
 
 
 @dataclass(frozen=True)
@@ -222,40 +209,6 @@ def gaussian_prior_terms(prior, space):
         idx = np.array([space.names.index(n) for n in names])
         out.append((idx, np.atleast_1d(np.asarray(mean, float)), np.linalg.inv(np.linalg.cholesky(np.atleast_2d(cov)))))
     return tuple(out)
-
-
-CANDIDATES = 32     # training stars ranked by the capped χ², preselected with matrix products
-
-
-def start_indices(train_models, flux, weights, n_starts, cap=None):
-    """Indices (n_spec, n_starts) of the training stars whose model spectra fit best
-    (lowest χ² with Eq. 8's diagonal weights). train_models (n_train, n_pix); flux, weights (n_spec, n_pix).
-    With `cap` (σ), each pixel adds at most cap² to a candidate's χ², so that a few wild pixels
-    (spikes) do not choose the start; that χ² ranks the `CANDIDATES` best by the plain χ² of
-    the flux clipped to within cap σ of the models' range at each pixel (where a wild pixel
-    adds no more than the models' own spread): two matrix products instead of one
-    elementwise pass over every training model per spectrum."""
-    def chi2(f):
-        wf = weights * f
-        return (wf * f).sum(1)[:, None] - 2 * wf @ train_models.T + weights @ (train_models**2).T
-
-    if cap is None:
-        return np.argsort(chi2(flux), axis=1, kind="stable")[:, :n_starts]
-    sd = np.where(weights > 0, 1.0 / np.sqrt(np.where(weights > 0, weights, 1.0)), 0.0)
-    clipped = np.clip(flux, train_models.min(0) - cap * sd, train_models.max(0) + cap * sd)
-    n_cand = min(max(CANDIDATES, 4 * n_starts), train_models.shape[0])
-    cand = np.sort(np.argpartition(chi2(clipped), n_cand - 1, axis=1)[:, :n_cand], axis=1)
-    out = np.empty((flux.shape[0], n_starts), int)
-    for i, (f, w) in enumerate(zip(flux, weights)):
-        g = w > 0
-        capped = np.minimum((train_models[np.ix_(cand[i], g)] - f[g]) ** 2 * w[g], cap**2).sum(1)
-        out[i] = cand[i][np.argsort(capped, kind="stable")[:n_starts]]
-    return out
-
-
-def check_compression(emulator):
-    """The compression the Laplace check evaluates its draws with (see CHECK_COMPRESSION)."""
-    return float(getattr(emulator, "compression", 0.0) or CHECK_COMPRESSION)
 
 
 class _Problem:
@@ -527,33 +480,6 @@ def outlying_pixels(resid, noise, options):
         out = np.zeros_like(out)
         out[keep] = True
     return out
-
-
-def laplace_check(prob, theta, cov_std, n_draws, seed=0):
-    """How well the Laplace approximation N(θ̂, cov) describes the density the fit maximizes
-    (the box prior included), by importance sampling: antithetic draws from the Laplace
-    Gaussian widened by `LAPLACE_SCALE`, weighted by density / proposal (the flux of the draws
-    from the low-rank expansion, `CHECK_COMPRESSION`). Returns the
-    posterior mean − θ̂ and the posterior σ, both per parameter in units of the Laplace σ
-    ((n,), (n,)): what `compare_to_laplace` measures with NUTS draws, at the cost of
-    n_draws flux evaluations in one matrix product. Deterministic for a seed."""
-    n = theta.size
-    L = np.linalg.cholesky(cov_std)
-    x = np.random.default_rng(seed).standard_normal((n_draws // 2, n))
-    x = np.vstack([x, -x])
-    # moment-matched: the draws' own mean and covariance are exactly 0 and I, so that the same
-    # draws, shared by every star, add no bias of their own to the shift and width
-    x = LAPLACE_SCALE * x @ np.linalg.inv(np.linalg.cholesky(x.T @ x / len(x))).T
-    pts = theta + x @ L.T
-    inside = np.all((pts >= prob.space.low_std) & (pts <= prob.space.high_std), 1)
-    log_w = np.full(len(pts), -np.inf)
-    phi0 = 0.5 * float(np.sum(prob.eval(theta)[0] ** 2))      # the fit's own residuals (cached)
-    log_w[inside] = phi0 - prob.objective(pts[inside]) + 0.5 * np.sum((x[inside] / LAPLACE_SCALE) ** 2, 1)
-    w = np.exp(log_w - log_w.max())
-    w /= w.sum()
-    mean = w @ pts
-    sd = np.sqrt(np.diag(cov_std))
-    return (mean - theta) / sd, np.sqrt(w @ (pts - mean) ** 2) / sd
 
 
 def _inverse(H):

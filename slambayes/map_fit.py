@@ -28,7 +28,8 @@ from .label_space import LabelSpace
 from .likelihood import NoiseModel
 from .fit_checks import CHECK_FLAGS
 from .map_core import FLAGS as SOLVER_FLAGS
-from .map_core import MapOptions, check_compression, fit_spectra, gaussian_prior_terms
+from .laplace_check import check_compression
+from .map_core import MapOptions, fit_spectra, gaussian_prior_terms
 from .spectra_file import SpectraFile
 
 # every bit of the catalog's `flag` column: the solver's and the fit checks'
@@ -248,7 +249,7 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
         model spectrum against the spectrum's rest frame (`slambayes.doppler`); its columns
         `rv_resid`, `rv_resid_err` follow the labels'; the labels' errors include its correlations
     laplace_draws : importance draws (even) that check, per star, whether the posterior is the
-        Laplace Gaussian (`slambayes.map_core.laplace_check`): where its σ exceeds the Laplace
+        Laplace Gaussian (`slambayes.laplace_check`): where its σ exceeds the Laplace
         one by more than the `laplace_ok` limit the errors are widened to it, and `laplace_ok`
         is False for a posterior mean more than 0.5 σ from the MAP; 0 skips the check
     engine : "batched" (the stars of a chunk fitted together, one emulator product per

@@ -27,7 +27,8 @@ from .doppler import DopplerShift
 from .float64 import in_float64
 from .label_space import LabelSpace
 from .likelihood import NoiseModel, StarNoise
-from .map_core import FLAGS, MapOptions, fit_stars, gaussian_prior_terms, start_indices
+from .map_core import FLAGS, MapOptions, fit_stars, gaussian_prior_terms
+from .start_points import start_indices
 from .progress import bar
 
 __all__ = ["Posterior", "fit_map_posterior"]

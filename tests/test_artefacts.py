@@ -27,7 +27,7 @@ def test_add_spikes_and_scale_flux_are_deterministic_and_checked(demo_small):
 
 @pytest.mark.slow
 def test_preselected_start_equals_the_exhaustive_capped_ranking(demo_small):
-    from slambayes.map_core import start_indices
+    from slambayes.start_points import start_indices
     from slambayes.map_fit import training_models
 
     em, _ = demo_small

@@ -1,4 +1,4 @@
-"""The catalog's check of its own Gaussian errors (`map_core.laplace_check`, `laplace_ok`) against
+"""The catalog's check of its own Gaussian errors (`slambayes.laplace_check`, `laplace_ok`) against
 the exact posterior: a linear-Gaussian model (no flag, no shift) and a curved one-label model
 whose posterior moments are known by quadrature."""
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 
 from slambayes.label_space import LabelSpace
 from slambayes.likelihood import NoiseModel
-from slambayes.map_core import LAPLACE_LIMITS, MapOptions, fit_star
+from slambayes.laplace_check import LAPLACE_LIMITS
+from slambayes.map_core import MapOptions, fit_star
 
 
 class SaturatingEmulator:
@@ -132,7 +133,7 @@ def test_the_check_on_the_low_rank_expansion_decides_as_the_exact_one(demo_small
     """The draws' flux comes from the compressed expansion (CHECK_COMPRESSION): on demo stars
     at S/N 10–80 the same stars are widened and marked, widths within 0.01, errors within 0.5 %
     of the check made with the exact expansion."""
-    import slambayes.map_core as mc
+    import slambayes.laplace_check as mc
     from slambayes import fit_map
     from slambayes.datasets import make_demo
 

@@ -254,7 +254,7 @@ def test_apogee_giants_five_fold_cv(bench_datasets):
     assert np.all((cal["z_std"] > 0.8) & (cal["z_std"] < 1.25))
     assert np.all((cal["coverage68"] > 0.60) & (cal["coverage68"] < 0.76))
     # what the formal errors alone give: 1.9–2.0 with the Laplace σ, 1.5–1.7 with the σ widened
-    # where the posterior is wider (map_core.laplace_check); the calibration is still needed
+    # where the posterior is wider (slambayes.laplace_check); the calibration is still needed
     assert np.all(cal_f["z_std"] > 1.3)
 
 
