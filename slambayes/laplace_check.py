@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LAPLACE_LIMITS", "LAPLACE_SCALE", "CHECK_COMPRESSION", "check_compression", "laplace_check"]
+__all__ = ["LAPLACE_LIMITS", "LAPLACE_SCALE", "CHECK_COMPRESSION", "check_compression", "laplace_check",
+           "laplace_verdict"]
 
 # how far the posterior may be from the fit's Gaussian (Laplace) approximation, in units of its σ:
 # the limits of `laplace_check` and of `slambayes.diagnostics.compare_to_laplace` for NUTS
@@ -64,3 +65,17 @@ def laplace_check(prob, theta, cov_std, n_draws, seed=0):
     mean = w @ pts
     sd = np.sqrt(np.diag(cov_std))
     return (mean - theta) / sd, np.sqrt(w @ (pts - mean) ** 2) / sd
+
+
+def laplace_verdict(shift, width):
+    """What the check's (shift, width), each (n,), mean for the reported errors: (the factors on
+    each parameter's Laplace σ (n,), whether any was widened, laplace_ok).
+
+    Where the posterior is wider than the curvature at the MAP says, each σ becomes the sampled
+    one, never narrower than the Laplace σ (a posterior cut by the box is narrower, but about
+    its mean, not about the MAP at the edge). MAP ± the reported σ misdescribes a posterior
+    whose mean lies `LAPLACE_LIMITS["shift"]` reported σ or more from the MAP: not laplace_ok."""
+    shift, width = np.asarray(shift, float), np.asarray(width, float)
+    widened = bool(width.max() >= LAPLACE_LIMITS["width"][1])
+    reported = np.maximum(width, 1.0) if widened else np.ones_like(width)
+    return reported, widened, bool(np.all(np.abs(shift / reported) < LAPLACE_LIMITS["shift"]))

@@ -53,7 +53,7 @@ from scipy.optimize import least_squares
 
 from .batched_lm import least_squares_batch
 from .doppler import DopplerShift
-from .laplace_check import LAPLACE_LIMITS, check_compression, laplace_check
+from .laplace_check import check_compression, laplace_check, laplace_verdict
 from .likelihood import pixel_weights
 from .start_points import start_indices
 
@@ -554,18 +554,12 @@ def _finish(prob, flux, best, best_x0, nfev, clipped, kept, options, curvature=N
                 pass
     chi2 = float(r[:n_pix] @ r[:n_pix])
     shift = width = np.full(k, np.nan)
-    widened, checked = False, bool(options.laplace_draws) and options.loss == "linear"
-    reported = np.ones(k)              # reported σ / Laplace σ
+    widened, gaussian = False, False
+    checked = bool(options.laplace_draws) and options.loss == "linear"
     if checked:
         shift, width = laplace_check(prob, theta, cov_std, int(options.laplace_draws))
-        if width.max() >= LAPLACE_LIMITS["width"][1]:
-            # the posterior is wider than the curvature at the MAP says: widen each parameter's σ
-            # to the sampled one (never narrower than the Laplace σ: a posterior cut by the box
-            # is narrower, but about its mean, not about the MAP at the edge)
-            reported, widened = np.maximum(width, 1.0), True
-            cov_std, cov_model = cov_std * np.outer(reported, reported), cov_model * np.outer(reported, reported)
-    # MAP ± the reported σ misdescribes a posterior whose mean is far from the MAP
-    gaussian = checked and bool(np.all(np.abs(shift / reported) < LAPLACE_LIMITS["shift"]))
+        reported, widened, gaussian = laplace_verdict(shift, width)
+        cov_std, cov_model = cov_std * np.outer(reported, reported), cov_model * np.outer(reported, reported)
     values = space.from_std(theta)
     edge = bool(space.at_edge(values, options.edge_tol))
     # a solver that never moved (flux off by orders of magnitude, a flat χ² surface) says "converged"

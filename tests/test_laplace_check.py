@@ -6,8 +6,22 @@ import pytest
 
 from slambayes.label_space import LabelSpace
 from slambayes.likelihood import NoiseModel
-from slambayes.laplace_check import LAPLACE_LIMITS
+from slambayes.laplace_check import LAPLACE_LIMITS, laplace_verdict
 from slambayes.map_core import MapOptions, fit_star
+
+
+def test_the_verdict_widens_to_the_sampled_width_and_judges_the_shift_in_reported_sigma():
+    """Below the width limit nothing changes; at it every σ becomes the sampled one but never
+    narrower than the Laplace σ; the shift is judged in the reported σ, so widening can make
+    a shifted posterior laplace_ok again."""
+    lo, hi = LAPLACE_LIMITS["width"]
+    factors, widened, ok = laplace_verdict([0.1, -0.2], [1.0, hi - 0.01])
+    assert not widened and ok and np.array_equal(factors, [1.0, 1.0])
+    factors, widened, ok = laplace_verdict([0.6, 0.1], [hi, 0.5])
+    assert widened and ok and np.allclose(factors, [hi, 1.0])        # 0.6 / 1.25 < 0.5
+    factors, widened, ok = laplace_verdict([0.6, 0.1], [1.1, 0.9])
+    assert not widened and not ok
+    assert not laplace_verdict([np.nan, 0.0], [np.nan, 1.0])[2]     # a failed check is not ok
 
 
 class SaturatingEmulator:
