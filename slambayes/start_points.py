@@ -1,9 +1,9 @@
 """Start points of the MAP fit: the training stars whose model spectra fit a spectrum best.
 
 A least-squares fit from one start can end in a local minimum; starting from the
-training stars that already fit best (the emulator's own predictions at their
-labels, computed once per model) puts the solver in the right basin for almost
-every star at the cost of two matrix products per chunk of spectra.
+training stars that already fit best (the emulator's predictions at their labels,
+computed once per `fit_map` call: `map_fit.training_models`) starts the solver
+near the star's own labels, at the cost of two matrix products per chunk of spectra.
 """
 from __future__ import annotations
 
