@@ -225,6 +225,10 @@ def main():
                 results[row] = arrays(old[row])
                 print(f"  {row:17s} taken from the earlier run (bench/compare_{args.dataset}.json)")
     rows = [r for m in methods for r in row_names(m)]
+    # truths, S/N and coverage of the test stars: the same for every method and row
+    truth = np.vstack([s["test"]["labels"] for s in splits])
+    snr = np.concatenate([s["test"].get("snr", np.full(len(s["test"]["labels"]), np.nan)) for s in splits])
+    inside = np.concatenate([truth_coverage(s) for s in splits]) <= U_COVERED
     for m in methods:
         if m in results:
             continue
@@ -236,11 +240,6 @@ def main():
             for row, (_, _, tr_s, f_s) in out.items():
                 print(f"  {row:17s} split {s['split']}: train {tr_s:7.1f} s, fit {f_s:7.1f} s "
                       f"(wall {time.perf_counter() - t0:.0f} s)", flush=True)
-        # truths, S/N and coverage of the test stars: the same for every row of the method
-        truth = np.vstack([s["test"]["labels"] for s, _ in per_split])
-        snr = np.concatenate([s["test"].get("snr", np.full(len(s["test"]["labels"]), np.nan))
-                              for s, _ in per_split])
-        inside = np.concatenate([truth_coverage(s) for s, _ in per_split]) <= U_COVERED
         for row in per_split[0][1]:
             pred = np.vstack([o[row][0] for _, o in per_split])
             err = np.vstack([o[row][1] for _, o in per_split])

@@ -14,7 +14,7 @@ def test_the_verdict_widens_to_the_sampled_width_and_judges_the_shift_in_reporte
     """Below the width limit nothing changes; at it every σ becomes the sampled one but never
     narrower than the Laplace σ; the shift is judged in the reported σ, so widening can make
     a shifted posterior laplace_ok again."""
-    lo, hi = LAPLACE_LIMITS["width"]
+    hi = LAPLACE_LIMITS["width"][1]
     factors, widened, ok = laplace_verdict([0.1, -0.2], [1.0, hi - 0.01])
     assert not widened and ok and np.array_equal(factors, [1.0, 1.0])
     factors, widened, ok = laplace_verdict([0.6, 0.1], [hi, 0.5])
