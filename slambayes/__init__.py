@@ -7,6 +7,7 @@ from . import preprocess
 from .apogee import read_apogee
 from .emulator import Emulator
 from .io import join_labels, read_label_catalog, read_lamost
+from .map_core import MapOptions
 from .map_fit import fit_map
 from .out_of_fold import calibrate
 from .posterior import Posterior, fit_map_posterior
@@ -14,5 +15,5 @@ from .sampling import sample
 from .spectra import Spectra, SpectraWarning
 
 __all__ = ["Spectra", "SpectraWarning", "read_lamost", "read_apogee", "read_label_catalog", "join_labels",
-           "preprocess", "Emulator", "calibrate", "fit_map", "fit_map_posterior", "Posterior", "sample"]
+           "preprocess", "Emulator", "calibrate", "fit_map", "MapOptions", "fit_map_posterior", "Posterior", "sample"]
 __version__ = "0.1.0"

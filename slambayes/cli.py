@@ -197,11 +197,12 @@ def cmd_fit(a):
     em = Emulator.load(a.model)
     sp = load_fit_set(a.spectra, em.wave_, a.progress)
     client = _connect(a.scheduler)
-    cat = fit_map(em, sp, model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, chunk_size=a.chunk_size,
-                  n_jobs=a.n_jobs, client=client, output=a.out, overwrite=a.overwrite,
-                  loss=a.loss, f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
-                  fit_rv=a.fit_rv, rv_window=a.rv_window, laplace_draws=a.laplace_draws, engine=a.engine,
-                  progress=a.progress)
+    from .map_core import MapOptions
+    options = MapOptions(model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, loss=a.loss,
+                         f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
+                         fit_rv=a.fit_rv, rv_window=a.rv_window, laplace_draws=a.laplace_draws, engine=a.engine)
+    cat = fit_map(em, sp, options=options, chunk_size=a.chunk_size, n_jobs=a.n_jobs, client=client, output=a.out,
+                  overwrite=a.overwrite, progress=a.progress)
     n_bad = int((cat["flag"] != 0).sum())
     skipped = sp.meta.meta.get("skipped", [])
     log.info("%d spectra fitted, %d flagged; catalog written to %s", len(cat), n_bad, a.out)
@@ -275,10 +276,15 @@ def cmd_sample(a):
     em = Emulator.load(a.model)
     sp = _select_star(load_fit_set(a.spectra, em.wave_, a.progress), a.star)
     prior = parse_prior(a.prior, em) if a.prior else None
+    from .map_core import MapOptions
+    if a.catalog:
+        options = _catalog_options(a.catalog)
+        log.info("fit settings of %s: %s", a.catalog, options.to_json())
+    else:
+        options = MapOptions(model_error=a.model_error, calibration=a.calibration, fit_rv=a.fit_rv)
     idata = sample(em, sp, prior=prior, sampler=a.sampler, num_warmup=a.num_warmup,
                    num_samples=a.num_samples, num_chains=a.num_chains, num_walkers=a.num_walkers,
-                   seed=a.seed, model_error=a.model_error, calibration=a.calibration, fit_rv=a.fit_rv,
-                   progress=a.progress)
+                   seed=a.seed, options=options, progress=a.progress)
     out = Path(a.out)
     tmp = out.with_name(out.name + ".tmp")
     idata.to_netcdf(str(tmp))
@@ -286,6 +292,23 @@ def cmd_sample(a):
     log.info(f"{a.sampler}: {idata.posterior.sizes['chain']} × {idata.posterior.sizes['draw']} draws in "
              f"{idata.posterior.attrs['sampling_time_s']:.1f} s; written to {out}")
     log.info("next: slambayes diagnose %s", out)
+
+
+def _catalog_options(path):
+    """The `MapOptions` a catalog was written with (its header's MAPOPTS)."""
+    from astropy.io import fits
+
+    from .map_core import MapOptions
+    if not Path(path).exists():
+        raise CLIError(f"no such catalog: {path}")
+    try:
+        header = fits.getheader(path, 1)
+    except OSError as exc:
+        raise CLIError(f"--catalog {path}: not a FITS catalog written by `slambayes fit` ({exc})") from None
+    try:
+        return MapOptions.from_header(header)
+    except KeyError as exc:
+        raise CLIError(f"--catalog {path}: {exc.args[0]}") from None
 
 
 def cmd_diagnose(a):
@@ -345,7 +368,12 @@ def _rv_options(parser):
 def _api(func, name):
     """The Python API's default of parameter `name` of `func` (or a class's __init__): the
     command line takes its defaults from there, so the two never differ."""
-    return inspect.signature(func).parameters[name].default
+    default = inspect.signature(func).parameters[name].default
+    from .map_fit import UNSET
+    if default is UNSET:                       # a fit setting: its default lives in MapOptions
+        from .map_core import MapOptions
+        return MapOptions.__dataclass_fields__[name].default
+    return default
 
 
 def _grid_help(grid):
@@ -452,6 +480,8 @@ def build_parser():
     s.add_argument("--num-walkers", type=_count(2), default=_api(sample, "num_walkers"))
     _rv_options(s)
     _noise_options(s)
+    s.add_argument("--catalog", help="a FITS catalog of `slambayes fit`: sample the density it was fitted "
+                                     "with (its settings replace --model-error, --calibration, --fit-rv)")
     s.add_argument("--seed", type=int, default=_api(sample, "seed"), help="random seed of the sampler")
     s.add_argument("--out", required=True, help="netCDF file to write, e.g. star.nc")
     s.set_defaults(func=cmd_sample)

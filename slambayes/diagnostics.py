@@ -89,17 +89,15 @@ def compare_to_laplace(idata, map_row=None):
     -------
     astropy Table, one row per parameter: name, map, sigma_lm, post_mean, post_sd,
     r_hat, ess_bulk, ess_tail, shift, width. ``meta``: divergences, kl,
-    sampling_ok, laplace_ok, thresholds. With a calibrated posterior, the sampler's
-    convergence (R-hat, ESS) is judged on the draws it made (``posterior_formal``)
-    and shift/width/KL on the calibrated ones against the calibrated MAP covariance.
+    sampling_ok, laplace_ok, thresholds. The draws are the sampler's own, of the calibrated
+    density, compared with the catalog's (calibrated) covariance.
     """
     import arviz as az
     from astropy.table import Table
 
     m, names, mu_lm, cov_lm, draws = _laplace_and_draws(idata, map_row)
     mu_p, cov_p = draws.mean(0), np.atleast_2d(np.cov(draws, rowvar=False))
-    sampled = idata.posterior_formal if "posterior_formal" in idata.groups() else idata.posterior
-    summ = az.summary(az.InferenceData(posterior=sampled), var_names=names, kind="diagnostics",
+    summ = az.summary(az.InferenceData(posterior=idata.posterior), var_names=names, kind="diagnostics",
                       round_to="none")
     sig_lm = np.sqrt(np.diag(cov_lm))
     t = Table(dict(name=names, map=mu_lm, sigma_lm=sig_lm, post_mean=mu_p, post_sd=np.sqrt(np.diag(cov_p)),
@@ -176,12 +174,15 @@ def plot_spectrum(idata, path=None):
     the total σ (observed ⊕ model error). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    wave = idata.observed_data["wave"].values
-    flux = idata.observed_data["flux"].values
+    wave = idata.constant_data["wave"].values
     ivar = idata.constant_data["ivar"].values
     model = idata.constant_data["model_median"].values
     s_model = idata.constant_data["sigma_model"].values
-    good = ivar > 0
+    # the observed flux is stored on the pixels the density uses (masked and clipped left out)
+    good = np.zeros(wave.size, bool)
+    good[idata.observed_data["pixel"].values] = True
+    flux = np.zeros(wave.size)
+    flux[good] = idata.observed_data["flux"].values
     sigma = np.sqrt(1.0 / np.where(good, ivar, 1.0) + s_model**2)
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, height_ratios=(2, 1))
     a1.plot(wave[good], flux[good], "k-", lw=0.7, label="observed")

@@ -88,6 +88,15 @@ class StarNoise:
         ivar[pixels] = 0.0
         return self.source.star(ivar)
 
+    def draw(self, rng, size=()):
+        """Noise vectors (*size, n_good) ~ N(0, Σ) on the good pixels: Σ^½ ε with the symmetric
+        root of I + V Vᵀ, D^½ (I + Q (1/(1 − c) − 1) Qᵀ) ε (the posterior predictive's noise)."""
+        g = self.good
+        eps = rng.standard_normal(tuple(np.atleast_1d(size)) + (int(g.sum()),))
+        Q = self.Q[g]
+        out = eps + ((eps @ Q) * (1.0 / (1.0 - self.c) - 1.0)) @ Q.T if self.c.size else eps
+        return out / self.isd[g]
+
     @property
     def good(self):
         return self.isd > 0
@@ -267,36 +276,41 @@ class NoiseModel:
     def calibrated(self):
         return self.calibration is not None
 
-    def calibration_map(self, cov, cov_model, theta_std, quality):
-        """A (m, k, k) that takes formal label deviations to calibrated ones: A Σ Aᵀ is the
-        calibrated covariance. cov, cov_model : (m, k, k) formal covariance and its model-error
-        share (`StarNoise.model_part`), physical units; quality (m, 2): each fit's χ²_ν and
-        `StarNoise.model_share`. Identity without a calibration."""
-        cov = np.asarray(cov, float)
-        m, k = cov.shape[0], cov.shape[-1]
+    def label_covariance(self, cov, cov_model, theta_std, quality):
+        """The calibration as an errors-in-variables term: Δ (m, n, n), physical units, the
+        covariance of the offset δ ~ N(0, Δ) between a star's labels θ and the labels φ = θ + δ
+        at which the emulator describes its spectrum. The calibrated likelihood is then
+        p(f | θ) = ∫ p(f | φ = θ + δ) N(δ; 0, Δ) dδ, whose label covariance is cov + Δ: the
+        calibrated one (`Calibration.apply`). cov (m, n, n) the formal covariance of fits
+        without a prior, the first k of the n parameters the emulator's labels (cov_model
+        (m, k, k) their model-error share, `StarNoise.model_part`; theta_std (m, k); quality
+        (m, 2): χ²_ν and `StarNoise.model_share`). Nuisance parameters get no term of their own.
+        Projected on the positive semi-definite cone (the per-label scales can make the
+        difference indefinite along a direction where the labels are strongly correlated).
+        Zeros without a calibration; NaN for a failed fit."""
+        cov = np.array(cov, float)
+        m, n = cov.shape[0], cov.shape[-1]
+        out = np.zeros((m, n, n))
         if self.calibration is None:
-            return np.broadcast_to(np.eye(k), (m, k, k)).copy()
-        target = self.calibration.apply(cov, cov_model, theta_std, quality)
-        A = np.full((m, k, k), np.nan)
+            return out
+        k = np.shape(theta_std)[-1]
+        target = self.calibration.apply(cov[:, :k, :k], cov_model, theta_std, quality)
         for i in range(m):
-            try:
-                A[i] = np.linalg.cholesky(target[i]) @ np.linalg.inv(np.linalg.cholesky(cov[i]))
-            except np.linalg.LinAlgError:
-                pass                          # a failed or singular fit: NaN, like its labels
-        return A
+            d = target[i] - cov[i, :k, :k]
+            if not np.all(np.isfinite(d)):
+                out[i] = np.nan
+                continue
+            lam, V = np.linalg.eigh(0.5 * (d + d.T))
+            out[i, :k, :k] = (V * np.clip(lam, 0.0, None)) @ V.T
+        return out
 
     def calibrate(self, cov, cov_model, theta_std, quality):
-        """Calibrated covariances (m, n, n) from formal ones, physical units: the first k of
-        the n parameters are the emulator's labels (cov_model (m, k, k), theta_std (m, k));
-        nuisance parameters keep their formal errors and their correlations are carried
-        along. Unchanged without a calibration."""
+        """The likelihood's calibrated covariance cov + Δ (`label_covariance`), (m, n, n):
+        the catalog's covariance of a fit without a prior. Unchanged without a calibration."""
         cov = np.array(cov, float)
         if self.calibration is None:
             return cov
-        k = np.shape(theta_std)[-1]
-        A = np.broadcast_to(np.eye(cov.shape[-1]), cov.shape).copy()
-        A[:, :k, :k] = self.calibration_map(cov[:, :k, :k], cov_model, theta_std, quality)
-        return A @ cov @ np.swapaxes(A, -1, -2)
+        return cov + self.label_covariance(cov, cov_model, theta_std, quality)
 
     @property
     def tag(self):

@@ -46,7 +46,7 @@ With `loss="soft_l1"` or `"cauchy"` the pixel residuals (in units of the total
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -80,8 +80,21 @@ FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8, "start_unch
 
 @dataclass(frozen=True)
 class MapOptions:
-    """Solver options of `fit_star`."""
+    """Every setting that changes the density or its fit, from the catalog to the posterior:
+    `fit_map`, `Posterior`, `sample` and `fit_map_posterior` take one, `fit_map` writes it to
+    its header (MAPOPTS, `to_json`) and `from_header` reads it back, so that a posterior is
+    always one of the catalog's density.
 
+    model_error, calibration : the noise model (`slambayes.likelihood.NoiseModel.resolve`)
+    bounds_pad : fraction of the training label range added on each side of the box (the
+        fit's bounds and the samplers' support)
+    clip_sigma : None turns clipping off (the one way to say so)
+    The rest are the solver's (see `fit_map`).
+    """
+
+    model_error: str = "auto"
+    calibration: str = "auto"
+    bounds_pad: float = 0.0
     n_starts: int = 1
     method: str = "trf"        # "trf" / "dogbox" (bounded) or "lm" (unbounded)
     max_nfev: int = 100
@@ -122,6 +135,33 @@ class MapOptions:
             raise ValueError(f"laplace_draws must be an even number ≥ 0 (antithetic pairs), not {self.laplace_draws!r}")
         if not (np.isfinite(self.rv_window) and self.rv_window > 0):
             raise ValueError(f"rv_window must be a positive velocity in km/s, not {self.rv_window!r}")
+        if not (np.isfinite(self.bounds_pad) and self.bounds_pad >= 0):
+            raise ValueError(f"bounds_pad must be a fraction ≥ 0 of the label range, not {self.bounds_pad!r}")
+        from .likelihood import CALIBRATIONS, MODEL_ERRORS
+        if self.model_error not in MODEL_ERRORS:
+            raise ValueError(f"model_error must be one of {MODEL_ERRORS}, not {self.model_error!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {self.calibration!r}")
+
+    def to_json(self):
+        """The options as JSON text (the catalog header's MAPOPTS)."""
+        import json
+        from dataclasses import asdict
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        import json
+        return cls(**json.loads(text))
+
+    @classmethod
+    def from_header(cls, meta):
+        """The options a catalog was written with, from its header (a `Table.meta` or a FITS
+        header holding MAPOPTS)."""
+        if "MAPOPTS" not in meta:
+            raise KeyError("the catalog header has no MAPOPTS card (written by slambayes fit_map since the "
+                           "options object): pass the options explicitly")
+        return cls.from_json(meta["MAPOPTS"])
 
     @property
     def batchable(self):
@@ -164,6 +204,9 @@ class StarFit:
     widened: bool = False              # `cov` widened to the importance-sampled posterior σ
     laplace_ok: bool = False           # the check ran and found MAP ± σ a fair summary of the posterior
     clipped: np.ndarray = field(default_factory=lambda: np.zeros(0, int))   # pixel indices
+    cov_formal: np.ndarray = None      # the uncalibrated likelihood's covariance (no prior), physical
+    label_cov: np.ndarray = None       # (n, n) the calibration's term Δ (`NoiseModel.label_covariance`)
+    anchor: np.ndarray = None          # (n,) the likelihood's MAP φ̂, about which Δ was evaluated
 
     @property
     def n_clipped(self):
@@ -171,7 +214,8 @@ class StarFit:
 
     @classmethod
     def failed(cls, k, flag, status):
-        return cls(np.full(k, np.nan), np.full((k, k), np.nan), np.full((k, k), np.nan), flag=flag, status=status)
+        nan = np.full((k, k), np.nan)
+        return cls(np.full(k, np.nan), nan, nan, flag=flag, status=status, cov_formal=nan, label_cov=nan)
 
 
 # ρ(z), ρ'(z), ρ''(z) of scipy's losses, z = (r / f_scale)²
@@ -399,19 +443,87 @@ def fit_stars(emulator, flux, noises, space, starts, options=MapOptions(), prior
     return out
 
 
-def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions(), prior_terms=()):
-    """`fit_stars` for spectra flux, ivar (n, n_pix) of one `NoiseModel`, each started at the
-    `options.n_starts` training stars whose model spectra fit it best (`start_indices`);
-    `batch_size` spectra at a time, so that memory holds one batch's noise factors ((n_pix, m) each).
+def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions(), prior_terms=(), checks=None):
+    """The MAP of the density of `noise` (× the Gaussian `prior_terms`) for spectra flux, ivar
+    (n, n_pix): what the catalog reports and the samplers start from, the after-fit steps
+    (calibration, fit checks) written once for both.
+
+    Each star is first fitted by `fit_stars`, started at the `options.n_starts` training stars
+    whose model spectra fit it best (`start_indices`), `batch_size` spectra at a time (memory
+    holds one batch's noise factors). With a calibrated noise model that fit is of the
+    likelihood alone, and it is the calibration's anchor: its covariance, model-error share,
+    χ²_ν and position give the errors-in-variables term Δ (`NoiseModel.label_covariance`).
+    The calibrated likelihood p(f | θ) = ∫ p(f | θ + δ) N(δ; 0, Δ) dδ has, in the Laplace form
+    of p(f | φ) (a Gaussian about the anchor φ̂ with the fit's covariance), the Gaussian
+    N(θ; φ̂, cov + Δ): without a prior the anchor with covariance cov + Δ, with a Gaussian
+    prior its product with the prior inside the box (`gaussian_product`), Bayes exactly. The
+    samplers explore the same density without the Laplace form (`slambayes.posterior`).
+    Without a calibration the prior's residuals enter the least squares directly.
+
+    Each `StarFit` holds the density's MAP and `cov`, the uncalibrated likelihood's
+    `cov_formal` and `label_cov` Δ; χ², χ²_ν, the model share, the Laplace check and the
+    clipped pixels are the fit's. checks : `slambayes.fit_checks.FitChecks` or None, its flag
+    bits added to each fit's.
     starts : (labels (n_train, k), model spectra (n_train, n_pix)), the start candidates.
     Returns (list of n `StarFit`, start indices (n, n_starts))."""
     idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), pixel_weights(ivar, noise.sigma_model),
                          options.n_starts, options.clip_sigma)
-    fits, step = [], batch_size(flux.shape[1], noise.rank, len(space.names))
-    for a in range(0, flux.shape[0], step):
-        fits += fit_stars(emulator, flux[a:a + step], [noise.star(iv) for iv in ivar[a:a + step]], space,
-                          [starts[0][i] for i in idx0[a:a + step]], options, prior_terms)
+    anchor_terms = () if noise.calibrated else prior_terms
+    fits = _in_batches(emulator, flux, [noise.star(iv) for iv in ivar], space,
+                       [starts[0][i] for i in idx0], options, anchor_terms, noise.rank)
+    k = space.n_labels
+    n = len(space.names)
+    cov = np.array([f.cov for f in fits]).reshape(-1, n, n)
+    values = np.array([f.values for f in fits]).reshape(-1, n)
+    quality = np.array([[f.rchi2, f.share] for f in fits]).reshape(-1, 2)
+    theta_std = space.to_std(values[:, :k]) if len(fits) else np.zeros((0, k))
+    cov_model = np.array([f.cov_model[:k, :k] for f in fits]).reshape(-1, k, k)
+    delta = noise.label_covariance(cov, cov_model, theta_std, quality)
+    for f, d in zip(fits, delta):
+        f.cov_formal, f.label_cov = f.cov, d
+        f.cov = f.cov + d
+        f.anchor = f.values
+        if noise.calibrated and prior_terms and np.all(np.isfinite(f.values)) and np.all(np.isfinite(f.cov)):
+            f.values, f.cov = gaussian_product(f.values, f.cov, prior_terms, space)
+            f.status += " | with the Gaussian prior (Laplace form of the calibrated likelihood)"
+    if checks is not None and len(fits):
+        theta_std = space.to_std(np.array([f.values[:k] for f in fits]))
+        sigma_std = np.sqrt(np.array([np.diag(f.cov)[:k] for f in fits])) / space.scale[:k]
+        bits = checks.flags(theta_std, quality, [f.norm_ratio for f in fits], sigma_std)
+        for f, b in zip(fits, bits):
+            f.flag = int(f.flag) | int(b)
     return fits, idx0
+
+
+def gaussian_product(mean, cov, prior_terms, space):
+    """The MAP and covariance of N(θ; mean, cov) × the Gaussian prior terms ((idx, μ, L⁻¹), …:
+    `gaussian_prior_terms`) inside the box of `space`, physical units: bounded linear least
+    squares on the whitened residuals (scipy's `lsq_linear`), covariance the inverse of its
+    normal matrix. Returns (values (n,), cov (n, n))."""
+    from scipy.optimize import lsq_linear
+
+    mean, cov = np.asarray(mean, float), np.asarray(cov, float)
+    n, scale = mean.size, space.scale
+    # in x = θ / scale (each parameter in units of its training spread), so that the rows are alike
+    W = np.linalg.inv(np.linalg.cholesky(cov / np.outer(scale, scale)))
+    rows, rhs = [W], [W @ (mean / scale)]
+    for idx, mu, L_inv in prior_terms:
+        A = np.zeros((len(idx), n))
+        A[:, idx] = L_inv * scale[idx][None, :]
+        rows.append(A)
+        rhs.append(L_inv @ mu)
+    A, b = np.vstack(rows), np.concatenate(rhs)
+    x = lsq_linear(A, b, bounds=(space.low / scale, space.high / scale), method="bvls").x
+    return x * scale, np.linalg.inv(A.T @ A) * np.outer(scale, scale)
+
+
+def _in_batches(emulator, flux, noises, space, starts, options, prior_terms, rank):
+    """`fit_stars` over `batch_size` spectra at a time."""
+    fits, step = [], batch_size(flux.shape[1], rank, len(space.names))
+    for a in range(0, flux.shape[0], step):
+        fits += fit_stars(emulator, flux[a:a + step], noises[a:a + step], space, starts[a:a + step], options,
+                          prior_terms)
+    return fits
 
 
 def _restore(prob, best):
@@ -492,7 +604,7 @@ def _inverse(H):
 def _starts_std(space, starts):
     """The starting points (n_start, n) in standardized units; nuisances start at their centre."""
     nuisance0 = space.loc[space.n_labels:]
-    return [space.to_std(np.r_[x, nuisance0]) for x in np.atleast_2d(starts)]
+    return [space.to_std(x if x.size == len(space.names) else np.r_[x, nuisance0]) for x in np.atleast_2d(starts)]
 
 
 def _clip_more(prob, theta, noise, clipped, options):

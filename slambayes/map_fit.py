@@ -38,6 +38,28 @@ FLAGS = dict(sorted({**SOLVER_FLAGS, **CHECK_FLAGS}.items(), key=lambda kv: kv[1
 __all__ = ["fit_map", "fit_chunk", "FLAGS", "check_grid", "training_models"]
 
 
+def resolve_noise(emulator, options):
+    """The `NoiseModel` of `options` (model_error, calibration) for `emulator`."""
+    return NoiseModel.resolve(emulator, options.model_error, options.calibration)
+
+
+_WARNED = set()
+
+
+def warn_uncalibrated(emulator, options):
+    """Warn, once per model, that fits with an uncalibrated noise model report formal errors."""
+    key = getattr(emulator, "model_hash", id(emulator))
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    why = ("the model has no error calibration (train it with cross-validation and slambayes.calibrate, "
+           "or `slambayes train` without --no-calibrate)" if getattr(emulator, "calibration_", None) is None else
+           f"calibration={options.calibration!r} was asked for, or the calibration was learned for another "
+           f"model error than {options.model_error!r}")
+    warnings.warn(f"the errors are the formal ones, which on real spectra are 2-6x too small: {why}",
+                  UserWarning, stacklevel=3)
+
+
 def check_grid(emulator, spectra):
     """Raise a clear error if the spectra are not on the emulator's wavelength grid."""
     w = emulator.wave_
@@ -65,19 +87,13 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     space = options.parameter_space(space)
     names = list(space.names)                     # the labels, then rv_resid when fitted
     n, k = len(names), space.n_labels
-    fits, idx0 = fit_spectra(emulator, flux, ivar, noise, space, starts, options, prior_terms)
+    fits, idx0 = fit_spectra(emulator, flux, ivar, noise, space, starts, options, prior_terms, checks)
     values = np.array([f.values for f in fits]).reshape(-1, n)
-    cov_formal = np.array([f.cov for f in fits]).reshape(-1, n, n)
+    cov = np.array([f.cov for f in fits]).reshape(-1, n, n)
+    cov_formal = np.array([f.cov_formal for f in fits]).reshape(-1, n, n)
     rchi2 = np.array([f.rchi2 for f in fits])
-    cov_model = np.array([f.cov_model for f in fits]).reshape(-1, n, n)[:, :k, :k]
     share = np.array([f.share for f in fits])
-    quality = np.column_stack([rchi2, share])
-    theta_std = space.to_std(values[:, :k])
-    cov = noise.calibrate(cov_formal, cov_model, theta_std, quality)
     flags = np.array([f.flag for f in fits], dtype=np.int16)
-    if checks is not None:
-        sigma_std = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))[:, :k] / space.scale[:k]
-        flags |= checks.flags(theta_std, quality, [f.norm_ratio for f in fits], sigma_std)
     good = ivar > 0
     with np.errstate(invalid="ignore"):
         snr = np.array([np.median(np.abs(f[g]) * np.sqrt(iv[g])) if g.any() else 0.0
@@ -94,7 +110,7 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
         t[name + "_err"] = np.sqrt(cov[:, j, j])
         t[name + "_err_formal"] = np.sqrt(cov_formal[:, j, j])
         for c, what in ((name, "MAP"), (name + "_err", "calibrated 1-sigma error"),
-                        (name + "_err_formal", "formal 1-sigma error (Eq. 8 likelihood)")):
+                        (name + "_err_formal", "formal 1-sigma error (uncalibrated likelihood)")):
             t[c].unit, t[c].description = units[j], f"{name} {what}"
     t["cov"] = cov
     t["cov_formal"] = cov_formal
@@ -127,7 +143,7 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
 # what the FITS header's TCOMMn says of the columns that are not labels
 COLUMN_NOTES = {
     "id": "input identifier", "cov": "label covariance, calibrated (labels in column order)",
-    "cov_formal": "label covariance, formal", "chi2": "chi^2 of the fit (clipped pixels left out)",
+    "cov_formal": "label covariance of the uncalibrated likelihood", "chi2": "chi^2 of the fit (clipped pixels left out)",
     "rchi2": "reduced chi^2", "model_share": "emulator error share of the pixel variance",
     "rms_resid": "rms of the whitened residuals", "n_good_pix": "pixels with ivar > 0",
     "n_clipped": "pixels clipped as outliers", "n_downweighted": "pixels down-weighted by the robust loss",
@@ -213,12 +229,45 @@ def _ids(spectra, id_column):
     return np.arange(spectra.n_star).astype(str), None
 
 
-def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto", n_starts=1,
-            bounds_pad=0.0, method="trf", chunk_size=256, n_jobs=1, client=None,
-            output=None, overwrite=False, progress=True, id_column=None, max_nfev=100,
-            jac="analytic", loss="linear", f_scale=1.0, clip_sigma=5.0, fit_rv=False, rv_window=20.0,
-            laplace_draws=256, engine="auto"):
+class _Unset:
+    """The default of `fit_map`'s per-setting arguments: take the value from `options`."""
+
+    def __repr__(self):
+        return "<from options>"
+
+
+UNSET = _Unset()
+# fit_map's arguments that are fields of MapOptions
+OPTION_ARGS = ("model_error", "calibration", "n_starts", "bounds_pad", "method", "max_nfev", "jac", "loss",
+               "f_scale", "clip_sigma", "fit_rv", "rv_window", "laplace_draws", "engine")
+
+
+def resolve_options(options=None, **settings):
+    """One `MapOptions` from `options` (None: the defaults) and the settings given beside it
+    (those left at `UNSET` keep the options' value)."""
+    from dataclasses import replace
+
+    options = MapOptions() if options is None else options
+    if not isinstance(options, MapOptions):
+        raise TypeError(f"options must be a slambayes.MapOptions, not {type(options).__name__}")
+    given = {k: v for k, v in settings.items() if v is not UNSET}
+    unknown = sorted(set(given) - set(OPTION_ARGS))
+    if unknown:
+        raise TypeError(f"not a fit setting: {unknown}")
+    return replace(options, **given) if given else options
+
+
+def fit_map(emulator, spectra, prior=None, model_error=UNSET, calibration=UNSET, n_starts=UNSET,
+            bounds_pad=UNSET, method=UNSET, chunk_size=256, n_jobs=1, client=None,
+            output=None, overwrite=False, progress=True, id_column=None, max_nfev=UNSET,
+            jac=UNSET, loss=UNSET, f_scale=UNSET, clip_sigma=UNSET, fit_rv=UNSET, rv_window=UNSET,
+            laplace_draws=UNSET, engine=UNSET, options=None):
     """Maximum a posteriori labels for every spectrum.
+
+    The density is the calibrated likelihood (`slambayes.map_core.fit_spectra`: the
+    calibration enters the pixel covariance as an errors-in-variables term) times the prior,
+    so that with a Gaussian prior the result is the product of the no-prior row's Gaussian and
+    the prior.
 
     Parameters
     ----------
@@ -226,8 +275,10 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     spectra : `Spectra` on the emulator's wavelength grid, or a `SpectraFile` / the path of an
         npz (read a chunk at a time: memory does not grow with the number of spectra)
     prior : Gaussian prior (`slambayes.priors.Gaussian`) or None; enters as residuals
-    model_error : "auto" | "correlated" | "cv" | "cv_minus_noise" | "none", or a resolved
-        `slambayes.likelihood.NoiseModel` (see `NoiseModel.resolve`). "auto" (default) is the
+    options : `MapOptions` holding every setting of the density and its fit (defaults:
+        `MapOptions()`); each of the settings below that is given replaces the options' value
+        (`model_error` … `engine`; their defaults are MapOptions')
+    model_error : "auto" | "correlated" | "cv" | "cv_minus_noise" | "none" (see `NoiseModel.resolve`). "auto" (default) is the
         correlated model error when the emulator has it, else Eq. 8 with independent pixels.
     calibration : "auto" (the emulator's out-of-fold calibration, if it has one) or "none"
     n_starts : number of starting points (best-matching training stars)
@@ -287,13 +338,12 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be ≥ 1 spectra, not {chunk_size!r}")
     chunk_size = int(chunk_size)
-    noise = NoiseModel.resolve(emulator, model_error, calibration)
-    space = LabelSpace.from_emulator(emulator, bounds_pad)
-    options = MapOptions(n_starts=int(n_starts), method=method, max_nfev=int(max_nfev), jac=jac,
-                         loss=loss, f_scale=float(f_scale),
-                         clip_sigma=None if clip_sigma is None else float(clip_sigma),
-                         fit_rv=bool(fit_rv), rv_window=float(rv_window), laplace_draws=int(laplace_draws),
-                         engine=engine)
+    options = resolve_options(options, model_error=model_error, calibration=calibration, n_starts=n_starts,
+                              bounds_pad=bounds_pad, method=method, max_nfev=max_nfev, jac=jac, loss=loss,
+                              f_scale=f_scale, clip_sigma=clip_sigma, fit_rv=fit_rv, rv_window=rv_window,
+                              laplace_draws=laplace_draws, engine=engine)
+    noise = resolve_noise(emulator, options)
+    space = LabelSpace.from_emulator(emulator, options.bounds_pad)
     prior_terms = gaussian_prior_terms(prior, space)
     if prior_terms is None:
         raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
@@ -316,12 +366,14 @@ def fit_map(emulator, spectra, prior=None, model_error="auto", calibration="auto
                 LABELS=",".join(space.label_names), MODELSHA=model_sha[:32],
                 TRAINSHA=emulator.training_hash_[:32],
                 MODELERR=noise.kind, ERRRANK=noise.rank, NOISETAG=noise.tag, CALIB="out-of-fold" if noise.calibrated else "none",
-                NOISE=noise.describe(), METHOD=method, ENGINE="batched" if options.batched else "scipy",
-                LOSS=loss, FSCALE=float(f_scale),
-                CLIPSIG=-1.0 if clip_sigma is None else float(clip_sigma),
-                FITRV=bool(fit_rv), RVWINDOW=float(rv_window), LAPDRAWS=int(laplace_draws),
-                LAPCOMP=check_compression(emulator),
+                NOISE=noise.describe(), METHOD=options.method, ENGINE="batched" if options.batched else "scipy",
+                LOSS=options.loss, FSCALE=float(options.f_scale),
+                CLIPSIG="none" if options.clip_sigma is None else float(options.clip_sigma),
+                FITRV=bool(options.fit_rv), RVWINDOW=float(options.rv_window), LAPDRAWS=int(options.laplace_draws),
+                LAPCOMP=check_compression(emulator), MAPOPTS=options.to_json(),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
+    if not noise.calibrated:
+        warn_uncalibrated(emulator, options)
     fingerprint = _fingerprint(model_sha, spectra, ids, noise, space, options, prior_terms, checks, meta_cols)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

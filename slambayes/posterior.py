@@ -19,19 +19,18 @@ are optional (see `slambayes.priors.Prior`).
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .doppler import DopplerShift
 from .float64 import in_float64
 from .label_space import LabelSpace
 from .likelihood import NoiseModel, StarNoise
-from .map_core import FLAGS, MapOptions, fit_stars, gaussian_prior_terms
-from .start_points import start_indices
+from .map_core import FLAGS, fit_spectra, gaussian_prior_terms
+
+N_LIKE = 5              # (flux, isd, Q, c2, norm): the likelihood's arrays in `Posterior.data`
 from .progress import bar
 
-__all__ = ["Posterior", "fit_map_posterior"]
+__all__ = ["Posterior", "fit_map_posterior", "N_LIKE"]
 
 
 def _prior_attr(prior, name, default):
@@ -48,31 +47,49 @@ class Posterior:
         `label_std_`, `label_min_`, `label_max_`, `wave_`, the model-error arrays read
         by `NoiseModel.resolve`, `predict_and_jacobian(labels)` and `jax_predictor()`)
     prior : a prior (see module docstring) or None (flat inside the support)
-    model_error, calibration : see `NoiseModel.resolve` (defaults as in `fit_map`), or a
-        resolved `NoiseModel` as `model_error`
-    support_pad : fraction of the training range added on each side of the support
-    fit_rv, rv_window : sample a residual radial velocity `rv_resid` (km/s, |v| ≤ rv_window)
-        with the labels, as `fit_map(fit_rv=True)` fits it (`slambayes.doppler`)
+    options : `slambayes.MapOptions`, the settings of the density and of its MAP fit, the same
+        object `fit_map` takes (or `MapOptions.from_header(catalog.meta)`); None: the defaults
+    model_error, calibration, support_pad (= options.bounds_pad), fit_rv, rv_window : given,
+        each replaces that setting of `options` (see `NoiseModel.resolve`; a resolved
+        `NoiseModel` as `model_error` is used as it is). fit_rv samples a residual radial
+        velocity `rv_resid` (km/s, |v| ≤ rv_window) with the labels (`slambayes.doppler`)
     project : let the samplers evaluate the likelihood on the emulator's coefficient basis
         where it is smaller than the spectrum (`density_data`; the same density, exactly);
         False evaluates it pixel by pixel (for benchmarks)
 
+    The density is the noise model's likelihood, calibrated (the calibration's errors-in-
+    variables term in the pixel covariance, fixed per star at its likelihood-only MAP:
+    `find_map`), times the prior, whatever the prior.
+
     Attributes
     ----------
-    noise : the `NoiseModel`; space : the `LabelSpace` (labels, then nuisance parameters)
+    options : the resolved `MapOptions`; noise : the `NoiseModel`
+    space : the `LabelSpace` (labels, then nuisance parameters); fit_space : the fit's own
     """
 
     @in_float64
-    def __init__(self, emulator, prior=None, model_error="auto", calibration="auto", support_pad=0.0,
-                 fit_rv=False, rv_window=20.0, project=True):
+    def __init__(self, emulator, prior=None, model_error=None, calibration=None, support_pad=None,
+                 fit_rv=None, rv_window=None, project=True, options=None):
+        from .map_fit import resolve_noise, resolve_options, UNSET, warn_uncalibrated
+
+        def given(v):
+            return UNSET if v is None else v
+        resolved = model_error if isinstance(model_error, NoiseModel) else None
+        self.options = resolve_options(
+            options, model_error=UNSET if resolved is not None else given(model_error),
+            calibration=given(calibration), bounds_pad=given(support_pad), fit_rv=given(fit_rv),
+            rv_window=given(rv_window))
         self.emulator, self.prior = emulator, prior
-        self.noise = NoiseModel.resolve(emulator, model_error, calibration)
+        self.noise = NoiseModel.resolve(emulator, resolved) if resolved is not None else \
+            resolve_noise(emulator, self.options)
+        if not self.noise.calibrated:
+            warn_uncalibrated(emulator, self.options)
         labels = tuple(emulator.label_names_)
         nuisance = {n: tuple(v) for n, v in dict(_prior_attr(prior, "nuisance", {})).items()
                     if n not in labels}
         # the fit's own parameters (labels, rv_resid) as `fit_star` has them, then the prior's
-        self.map_options = MapOptions(fit_rv=bool(fit_rv), rv_window=float(rv_window))
-        space = self.map_options.parameter_space(LabelSpace.from_emulator(emulator, support_pad))
+        space = self.options.parameter_space(LabelSpace.from_emulator(emulator, self.options.bounds_pad))
+        self.fit_space = space
         space = space.with_nuisance(nuisance)
         prior_names = tuple(_prior_attr(prior, "label_names", ()))
         missing = [n for n in prior_names if n not in space.names]
@@ -83,20 +100,17 @@ class Posterior:
         self.space = space.cut(_prior_attr(prior, "support", {}))
         self._prior_idx = np.array([self.space.names.index(n) for n in prior_names], int)
         self._predict = emulator.jax_predictor()
-        self._doppler = DopplerShift(emulator.wave_) if fit_rv else None
+        self._doppler = DopplerShift(emulator.wave_) if self.options.fit_rv else None
         # the samplers' density on the low-rank basis of the model spectra, where there is one
         # (a Doppler shift moves the spectrum off it)
-        self._projection = emulator.jax_projection() if project and not fit_rv \
+        self._projection = emulator.jax_projection() if project and not self.options.fit_rv \
             and hasattr(emulator, "jax_projection") else None
         self._cache = {}
-        # the calibration is a label-space map about the MAP of the likelihood (and Gaussian
-        # priors, as in the catalog); under any other prior it would widen what the prior knows
-        self.calibrated = self.noise.calibrated and self.is_gaussian()
-        if self.noise.calibrated and not self.calibrated:
-            import warnings
-            warnings.warn(f"the error calibration is not applied under the non-Gaussian prior "
-                          f"{type(prior).__name__}: the posterior widths are the formal ones",
-                          UserWarning, stacklevel=2)
+
+    @property
+    def calibrated(self):
+        """Whether the density carries the error calibration (under any prior)."""
+        return self.noise.calibrated
 
     # ------------------------------------------------------------- units
     names = property(lambda self: self.space.names)
@@ -116,8 +130,9 @@ class Posterior:
         return self.space.from_std(theta)
 
     # -------------------------------------------------------------- data
-    def star_noise(self, spectrum):
-        """The `StarNoise` of one star of a `Spectra` on the emulator's grid."""
+    def star_noise(self, spectrum, clipped=()):
+        """The `StarNoise` of one star of a `Spectra` on the emulator's grid, without the pixels
+        `clipped` by its MAP fit."""
         from .map_fit import check_grid
 
         if spectrum.n_star != 1:
@@ -127,25 +142,65 @@ class Posterior:
         noise = self.noise.star(spectrum.ivar[0])
         if noise.n_good <= self.n_labels:
             raise ValueError(f"star {_star_id(spectrum)}: only {noise.n_good} good pixel(s)")
-        return noise
+        return noise.without(np.asarray(clipped, int)) if np.size(clipped) else noise
 
-    def data(self, spectrum, clipped=()):
-        """(flux, isd, Q, c2, norm): the arrays the jax density takes for one star, without
-        the pixels `clipped` by its MAP fit (`find_map(...)["clipped"]`)."""
-        noise = self.star_noise(spectrum)
-        if np.size(clipped):
-            noise = noise.without(np.asarray(clipped, int))
-        return (np.where(noise.good, spectrum.flux[0], 0.0),) + noise.arrays()
+    def star_noise_from_data(self, data):
+        """A `StarNoise` view of `data` (isd, Q, c from `data`'s arrays) for drawing noise."""
+        _, isd, Q, c2, norm = (np.asarray(a, float) for a in data[:N_LIKE])
+        return StarNoise(isd, Q, 1.0 - np.sqrt(1.0 - c2), float(norm), None, None)
+
+    def data(self, spectrum, map_row=None):
+        """(flux, isd, Q, c2, norm, offset): the arrays the jax density takes for one star, of its
+        MAP `map_row` (`find_map`): the clipped pixels left out, and `offset` (n_fit, n_fit) the
+        factor L (L Lᵀ = Δ, standardized units) of the calibration's label offset δ = L η
+        (zeros without a calibration). map_row None: no pixel clipped, and (only for an
+        uncalibrated density) no offset."""
+        if map_row is None and self.calibrated:
+            raise ValueError("a calibrated density needs the star's MAP (Posterior.find_map), whose fit "
+                             "sets the calibration's term")
+        noise = self.star_noise(spectrum, () if map_row is None else map_row.get("clipped", ()))
+        L = np.zeros((self.n_fit, self.n_fit))
+        if self.calibrated:
+            d = np.asarray(map_row["label_cov"], float)[:self.n_fit, :self.n_fit] / np.outer(
+                self.scale[:self.n_fit], self.scale[:self.n_fit])
+            lam, V = np.linalg.eigh(0.5 * (d + d.T))
+            L = V * np.sqrt(np.clip(lam, 0.0, None))
+        return (np.where(noise.good, spectrum.flux[0], 0.0),) + noise.arrays() + (L,)
 
     def density_data(self, data):
         """The arguments of `model` (and of the samplers) for one star's `data`: `data` itself,
         or, when the emulator offers a low-rank basis (`Emulator.jax_projection`), the same
-        likelihood projected on it (`StarNoise.project`), O(R²) per evaluation."""
+        likelihood projected on it (`StarNoise.project`), O(R²) per evaluation; the offset
+        factor last."""
+        offset = np.asarray(data[N_LIKE], float) if len(data) > N_LIKE else np.zeros((self.n_fit, self.n_fit))
         if self._projection is None:
-            return tuple(data)
+            return tuple(data[:N_LIKE]) + (offset,)
         _, B, c0 = self._projection
-        flux, isd, Q, c2, norm = (np.asarray(a, float) for a in data)
-        return StarNoise.project(flux - c0, B, isd, Q, c2, norm)
+        flux, isd, Q, c2, norm = (np.asarray(a, float) for a in data[:N_LIKE])
+        return StarNoise.project(flux - c0, B, isd, Q, c2, norm) + (offset,)
+
+    # ------------------------------------------------- latent parameters
+    @property
+    def n_latent(self):
+        """Sampled dimensions: the parameters, then (calibrated) the offset's η (n_fit)."""
+        return len(self.names) + (self.n_fit if self.calibrated else 0)
+
+    def latent(self, u):
+        """numpyro's sample sites of one latent vector u (..., n_latent)."""
+        n = len(self.names)
+        return {"theta": u[..., :n], "eta": u[..., n:]} if self.calibrated else {"theta": u}
+
+    def likelihood_params(self, theta_std, eta, offset):
+        """Physical parameters φ at which the emulator is evaluated: θ + L η on the fit's
+        parameters (labels, rv_resid), θ for the prior's nuisance parameters. theta_std
+        (..., n_par), eta (..., n_fit), offset L (n_fit, n_fit); numpy or jax."""
+        nf = self.n_fit
+        shifted = theta_std[..., :nf] + eta @ offset.T
+        if len(self.names) > nf:
+            import jax.numpy as jnp
+            xp = jnp if not isinstance(theta_std, np.ndarray) else np
+            shifted = xp.concatenate([shifted, theta_std[..., nf:]], axis=-1)
+        return self.loc + self.scale * shifted
 
     # ----------------------------------------------------- jax densities
     @in_float64
@@ -195,14 +250,22 @@ class Posterior:
         return self.log_likelihood(params, *data) + self.log_prior(params)
 
     def model(self, *density_data):
-        """The numpyro model: θ_std uniform on the support box, likelihood and prior as factors.
-        It takes `density_data(data)`."""
+        """The numpyro model: θ_std uniform on the support box, prior as a factor; with a
+        calibration the label offset η ~ N(0, I), δ = L η, and the likelihood of the spectrum
+        at φ = θ + δ (errors in variables: the calibrated likelihood ∫ p(f | θ + δ) N(δ; 0, Δ) dδ,
+        sampled, not approximated), else at θ. It takes `density_data(data)`."""
         import numpyro
         import numpyro.distributions as dist
 
         theta = numpyro.sample("theta", dist.Uniform(self.low_std, self.high_std).to_event(1))
         params = self.loc + self.scale * theta
-        numpyro.factor("log_likelihood", self.sampled_log_likelihood(params, *density_data))
+        like, offset = density_data[:-1], density_data[-1]
+        if self.calibrated:
+            eta = numpyro.sample("eta", dist.Normal(0.0, 1.0).expand([self.n_fit]).to_event(1))
+            phi = self.likelihood_params(theta, eta, offset)
+        else:
+            phi = params
+        numpyro.factor("log_likelihood", self.sampled_log_likelihood(phi, *like))
         if self.prior is not None:
             numpyro.factor("log_prior", self.log_prior(params))
 
@@ -212,10 +275,15 @@ class Posterior:
         return biject_to(constraints.interval(self.low_std, self.high_std))
 
     def to_unconstrained(self, theta_std):
-        return np.asarray(self._interval().inv(np.asarray(theta_std)))
+        """Latent vectors (..., n_latent) (θ_std then η) → numpyro's unconstrained space (η as it is)."""
+        theta_std = np.asarray(theta_std, float)
+        n = len(self.names)
+        return np.concatenate([np.asarray(self._interval().inv(theta_std[..., :n])), theta_std[..., n:]], -1)
 
     def from_unconstrained(self, u):
-        return np.asarray(self._interval()(u))
+        u = np.asarray(u, float)
+        n = len(self.names)
+        return np.concatenate([np.asarray(self._interval()(u[..., :n])), u[..., n:]], -1)
 
     def _jitted(self, name, make):
         if name not in self._cache:
@@ -230,71 +298,74 @@ class Posterior:
     @property
     def n_fit(self):
         """How many parameters `fit_star` fits: the labels, and rv_resid with fit_rv."""
-        return self.n_labels + int(self.map_options.fit_rv)
-
-    def _starts(self, flux, noise, cap):
-        em = self.emulator
-        if not hasattr(em, "X_train_"):
-            return self.loc[None, :self.n_labels]
-        if "train" not in self._cache:
-            from .map_fit import training_models
-            self._cache["train"] = training_models(em)
-        labels, models = self._cache["train"]
-        return labels[start_indices(models, flux[None], noise.weights[None], 1, cap)[0]]
+        return self.n_labels + int(self.options.fit_rv)
 
     @in_float64
-    def find_map(self, spectrum, options=None):
-        """MAP and Laplace covariance of one star → dict(names, values, cov, cov_formal, rchi2,
-        flag, method, converged, message, noise, clipped (pixel indices the fit clipped)).
+    def find_map(self, spectrum):
+        """MAP and Laplace covariance of one star's density → dict(names, values, cov, cov_formal,
+        rchi2, quality, flag, method, converged, message, noise, clipped (pixel indices the fit
+        clipped), label_cov (the calibration's term Δ), anchor (the likelihood's MAP φ̂)).
 
-        The labels come from `fit_stars` (the catalog's core, with Gaussian priors as
-        residuals). A non-Gaussian prior or nuisance parameters: the full log posterior is
-        then maximized from there with L-BFGS-B on jax gradients, and the formal covariance
-        is the inverse jax Hessian. `cov` is calibrated as in the catalog (formal under a
-        non-Gaussian prior, see `calibrated`).
+        The fit is the catalog's (`fit_spectra` with this posterior's options, the fit checks
+        included), so that without a prior, or with a Gaussian one, this is the catalog row's
+        fit to the last bit. Under a non-Gaussian prior or with nuisance parameters the full
+        log posterior (the calibrated likelihood × prior) is then maximized from the
+        likelihood's MAP with L-BFGS-B on jax gradients, its covariance the inverse jax Hessian.
+        `cov_formal` is the uncalibrated likelihood's covariance.
         """
-        options = self.map_options if options is None else \
-            replace(options, fit_rv=self.map_options.fit_rv, rv_window=self.map_options.rv_window)
+        from .map_fit import training_models
+
         noise = self.star_noise(spectrum)
         flux = np.where(noise.good, spectrum.flux[0], 0.0)
         k = self.n_labels
-        terms = gaussian_prior_terms(self.prior, self.space) if self.prior is not None else ()
-        # the catalog's engine (`fit_stars`), so that this is the catalog row's fit to the last bit
-        fit = fit_stars(self.emulator, flux[None], [noise], options.parameter_space(self.space),
-                        [self._starts(flux, noise, options.clip_sigma)], options, terms or ())[0]
-        out = dict(names=self.names, values=fit.values, cov_formal=fit.cov, cov_model=fit.cov_model[:k, :k],
+        gaussian = self.is_gaussian()
+        terms = gaussian_prior_terms(self.prior, self.space) if gaussian and self.prior is not None else ()
+        if "train" not in self._cache:
+            self._cache["train"] = training_models(self.emulator) if hasattr(self.emulator, "X_train_") else \
+                (self.loc[None, :k], np.asarray(self.emulator.predict_and_jacobian(self.loc[:k])[0])[None])
+        fit = fit_spectra(self.emulator, flux[None], spectrum.ivar[:1], self.noise, self.fit_space,
+                          self._cache["train"], self.options, terms, getattr(self.emulator, "checks_", None))[0][0]
+        out = dict(names=self.names, values=fit.values, cov=fit.cov, cov_formal=fit.cov_formal,
+                   label_cov=fit.label_cov, anchor=fit.anchor,
                    rchi2=fit.rchi2, quality=np.array([fit.rchi2, fit.share]), flag=fit.flag,
                    method="LM", converged=fit.converged, message=fit.status, noise=self.noise.tag,
-                   clipped=fit.clipped)
-        if not self.is_gaussian():
-            kept = noise.without(fit.clipped) if fit.n_clipped else noise
-            out.update(self._polish(fit.values if np.all(np.isfinite(fit.values)) else self.loc[:self.n_fit],
-                                    (np.where(kept.good, flux, 0.0),) + kept.arrays()))
-        if self.calibrated:
-            out["cov"] = self.noise.calibrate(out["cov_formal"][None], out["cov_model"][None],
-                                              self.to_std(out["values"][:k])[None], out["quality"][None])[0]
-        else:
-            out["cov"] = np.array(out["cov_formal"], float)
-        checks = getattr(self.emulator, "checks_", None)
-        if checks is not None:
-            sigma_std = np.sqrt(np.diag(out["cov"])[:k]) / self.scale[:k]
-            out["flag"] = int(out["flag"]) | int(checks.flags(self.to_std(out["values"][:k])[None], out["quality"][None],
-                                                               [fit.norm_ratio], sigma_std[None])[0])
+                   clipped=fit.clipped, laplace_ok=fit.laplace_ok)
+        if not gaussian:
+            start = fit.values if np.all(np.isfinite(fit.values)) else self.loc[:self.n_fit]
+            if self.calibrated:
+                # the calibrated likelihood in its Laplace form, as the catalog has it
+                like = (np.asarray(start, float), np.linalg.inv(np.asarray(fit.cov, float)))
+            else:
+                like = self.data(spectrum, out)[:N_LIKE]
+            polished = self._polish(start, like)
+            n = len(self.names)
+            formal = np.full((n, n), np.nan)
+            formal[:self.n_fit, :self.n_fit] = fit.cov_formal
+            out.update(polished, cov_formal=formal, flag=int(polished["flag"]) | (int(fit.flag) & ~0b111))
         return out
 
     @in_float64
     def _polish(self, start, data):
-        """L-BFGS-B on the full log posterior from `start` (labels), nuisance at their loc."""
+        """L-BFGS-B on the full log posterior from `start` (labels), nuisance at their loc.
+        data : the likelihood's arrays (`data(...)[:N_LIKE]`), or (mean, precision) of its
+        Gaussian (Laplace) form on the fit's parameters."""
         import jax
         from scipy.optimize import minimize
 
         x0 = np.clip(self.to_std(np.r_[start, self.loc[len(start):]]), self.low_std + 1e-6, self.high_std - 1e-6)
 
+        laplace = len(data) == 2
+
+        def neg(t, *d):
+            if not laplace:
+                return -self.log_prob_std(t, *d)
+            params = self.loc + self.scale * t
+            r = params[:self.n_fit] - d[0]
+            return 0.5 * r @ d[1] @ r - self.log_prior(params)
+
         def make():
-            f = jax.jit(jax.value_and_grad(lambda t, *d: -self.log_prob_std(t, *d)))
-            h = jax.jit(jax.hessian(lambda t, *d: -self.log_prob_std(t, *d)))
-            return f, h
-        vg, hess = self._jitted("map", make)
+            return jax.jit(jax.value_and_grad(neg)), jax.jit(jax.hessian(neg))
+        vg, hess = self._jitted("map_laplace" if laplace else "map", make)
 
         def fun(t):
             v, g = vg(t, *data)
@@ -311,7 +382,7 @@ class Posterior:
         edge = bool(self.space.at_edge(values))
         flag = (0 if res.success and ok else FLAGS["not_converged"]) | (FLAGS["at_edge"] if edge else 0)
         msg = str(res.message) + ("" if ok else " | Hessian not positive definite")
-        return dict(values=values, cov_formal=self.space.cov_to_phys(cov_std), method="L-BFGS-B",
+        return dict(values=values, cov=self.space.cov_to_phys(cov_std), method="L-BFGS-B",
                     converged=bool(res.success and ok), message=msg, flag=flag)
 
 
@@ -323,8 +394,8 @@ def _star_id(spectrum):
 
 
 @in_float64
-def fit_map_posterior(emulator, spectra, prior=None, model_error="auto", calibration="auto",
-                      support_pad=0.0, progress=True, fit_rv=False):
+def fit_map_posterior(emulator, spectra, prior=None, model_error=None, calibration=None,
+                      support_pad=None, progress=True, fit_rv=None, options=None):
     """MAP of the full log posterior (any prior) for each spectrum → astropy Table.
 
     Use it for priors that `fit_map` cannot take as Gaussian residuals (Parallax,
@@ -336,7 +407,7 @@ def fit_map_posterior(emulator, spectra, prior=None, model_error="auto", calibra
     """
     from astropy.table import Table
 
-    post = Posterior(emulator, prior, model_error, calibration, support_pad, fit_rv=fit_rv)
+    post = Posterior(emulator, prior, model_error, calibration, support_pad, fit_rv=fit_rv, options=options)
     n = len(post.names)
     rows = []
     for i in bar(range(spectra.n_star), progress, desc="MAP (posterior)"):

@@ -4,25 +4,29 @@ Both samplers evaluate the same jax log density (`slambayes.posterior.Posterior`
 Eq. 8 + prior, in numpyro's unconstrained space of the support box) and start
 at the MAP. The InferenceData holds:
 
-- ``posterior``: one variable per label and nuisance parameter, physical units,
-  dims (chain, draw); for emcee each walker is a chain. With a calibrated noise
-  model (and no prior, or a Gaussian one) the label draws carry the catalog's calibration (`NoiseModel.calibrate`:
-  scaled about the MAP by the same factors s_j, plus the label floor c_j), so
-  their widths match the catalog's `<label>_err`; the sampled (formal) draws are
-  in ``posterior_formal``;
+- ``posterior``: the sampler's own draws, one variable per label and nuisance
+  parameter, physical units, dims (chain, draw); for emcee each walker is a chain.
+  The density is the calibrated one (`slambayes.posterior.Posterior`), under any
+  prior, so no draw is remapped: every group below belongs to the same draws. With a
+  calibration, ``label_offset`` (chain, draw, fit_parameter) holds each draw's δ: the
+  emulator describes the spectrum at φ = θ + δ;
 - ``sample_stats``: ``lp`` (log posterior), and for NUTS ``diverging``,
   ``n_steps``, ``acceptance_rate``, ``energy``, ``step_size``;
-- ``log_likelihood``: ``flux`` (chain, draw, pixel), the noise model's log likelihood per
-  good pixel (`StarNoise.pointwise_log_likelihood`; they sum to the star's), so that
+- ``log_likelihood``: ``flux`` (chain, draw, pixel), each draw's log likelihood p(f | φ) per
+  used pixel (`StarNoise.pointwise_log_likelihood`; they sum to the star's), so that
   ``az.loo`` and ``az.waic`` work;
-- ``posterior_predictive``: ``flux`` (chain, draw, wave), model spectra of every
-  n-th draw (at most `PPC_DRAWS` per chain), for ``az.plot_ppc``;
-- ``observed_data``: ``flux`` (wave); ``constant_data``: ``ivar``,
-  ``sigma_model``, ``pixel_clipped`` (the pixels the MAP clipped as outliers, left
-  out of the sampled likelihood too), ``model_map``, ``model_median`` (wave);
-- ``posterior.attrs``: the MAP (``map_names``, ``map_values``, ``map_cov`` and
-  ``map_cov_formal`` flattened, ``map_rchi2``, ``map_method``), the noise model
-  (``noise``, ``noise_model``), the support box (``support_low``/``support_high``)
+- ``posterior_predictive``: ``flux`` (chain, draw, pixel), for every draw its model
+  spectrum (at φ) plus a draw of the noise model's noise (observed and model error), so that ``az.plot_ppc`` and ``az.loo_pit(idata, y="flux")`` work;
+- ``observed_data``: ``flux`` (pixel). Dimension ``pixel`` holds the pixels the
+  density uses (masked and clipped ones are left out), its coordinates the pixel
+  index and ``pixel_wave`` (Å); ``constant_data`` (dim ``wave``, every pixel): ``ivar``,
+  ``sigma_model``, ``pixel_clipped`` (the pixels the MAP clipped as outliers),
+  ``model_map``, ``model_median``;
+- ``posterior.attrs``: the MAP (``map_names``, ``map_values``, ``map_cov`` (the
+  density's Laplace covariance) and ``map_cov_formal`` (the uncalibrated likelihood's)
+  flattened, ``map_rchi2``, ``map_method``), the noise model (``noise``,
+  ``noise_model``), the fit settings (``map_options``, `MapOptions.to_json`), the
+  support box (``support_low``/``support_high``)
   and the fraction of draws within 1 % of its edges (``edge_fraction``; `sample`
   warns above 5 %), the star's id (``star_id``), the prior's repr, the model's hashes
   and the run settings; every group carries ``inference_library`` and its version;
@@ -38,28 +42,33 @@ import time
 import numpy as np
 
 from .float64 import in_float64
-from .posterior import Posterior, _star_id
+from .posterior import N_LIKE, Posterior, _star_id
 from .progress import bar
 
 __all__ = ["sample", "run_nuts", "run_emcee", "to_inference_data", "map_from_idata"]
 
 SAMPLERS = ("nuts", "emcee")
-N_DATA = 5              # (flux, isd, Q, c2, norm): `Posterior.data`
 EDGE_TOL = 0.01         # draws within this fraction of the support box count as "at the edge"
 EDGE_WARN = 0.05        # warn when more than this fraction of a parameter's draws is at the edge
-PPC_DRAWS = 100         # posterior-predictive model spectra kept per chain (thinned)
 BATCH = 256             # draws per evaluation of the emulator
 
 
-def _initial_points(post, map_row, n, rng, spread=0.1):
-    """n starting points in standardized units: the MAP plus `spread` × its Laplace σ."""
+def _initial_points(post, map_row, data, n, rng, spread=0.1):
+    """n starting latent vectors (θ_std, then η): the MAP plus `spread` × its Laplace σ, and the
+    offset η that takes it to the likelihood's own MAP (θ + L η = φ̂)."""
     theta = post.to_std(map_row["values"])
-    cov = post.space.cov_to_std(np.asarray(map_row.get("cov_formal", map_row["cov"]), float))
+    cov = post.space.cov_to_std(np.asarray(map_row["cov"], float))
     sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1e-3)
     pts = theta + spread * sd * rng.standard_normal((n, theta.size))
     margin = 1e-6 * (post.high_std - post.low_std)
-    return np.clip(np.nan_to_num(pts), post.low_std + margin, post.high_std - margin)
+    pts = np.clip(np.nan_to_num(pts), post.low_std + margin, post.high_std - margin)
+    if not post.calibrated:
+        return pts
+    nf = post.n_fit
+    anchor = post.space.to_std(np.r_[np.asarray(map_row["anchor"], float)[:nf], post.loc[nf:]])[:nf]
+    eta = np.linalg.pinv(np.asarray(data[-1], float)) @ (anchor - theta[:nf])
+    return np.hstack([pts, np.nan_to_num(eta) + spread * rng.standard_normal((n, nf))])
 
 
 def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass, n_data):
@@ -75,7 +84,7 @@ def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass,
     from numpyro.infer.util import potential_energy
 
     def potential_fn_gen(*data):
-        return lambda u: potential_energy(post.model, data, {}, {"theta": u})
+        return lambda u: potential_energy(post.model, data, {}, post.latent(u))
 
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
 
@@ -97,7 +106,8 @@ def _nuts_program(post, num_warmup, num_samples, target_accept_prob, dense_mass,
 @in_float64
 def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=4, seed=0,
              chain_method="sequential", target_accept_prob=0.8, dense_mass=True, progress=True):
-    """NUTS chains → (θ_std (chain, draw, n_par), stats dict of (chain, draw) arrays).
+    """NUTS chains → (latent draws (chain, draw, n_latent): θ_std then η, stats dict of (chain,
+    draw) arrays).
 
     chain_method "sequential" runs the chains one after another, "vectorized" runs
     them together (jax.vmap); both on CPU. The compiled sampler is cached on `post`,
@@ -113,7 +123,7 @@ def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=
     key = ("nuts", num_warmup, num_samples, target_accept_prob, dense_mass)
     one, many = post._jitted(key, lambda: _nuts_program(post, num_warmup, num_samples,
                                                         target_accept_prob, dense_mass, len(args)))
-    u0 = jnp.asarray(post.to_unconstrained(_initial_points(post, map_row, num_chains,
+    u0 = jnp.asarray(post.to_unconstrained(_initial_points(post, map_row, data, num_chains,
                                                            np.random.default_rng(seed))))
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     if chain_method == "vectorized":
@@ -133,7 +143,7 @@ def run_nuts(post, data, map_row, num_warmup=1000, num_samples=1000, num_chains=
 def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walkers=32, seed=0,
               thin=1, progress=True):
     """emcee's affine-invariant ensemble on the same potential as NUTS (vectorized,
-    jitted) → (θ_std (walker, draw, n_par), stats dict); `num_warmup` steps are discarded."""
+    jitted) → (latent draws (walker, draw, n_latent), stats dict); `num_warmup` steps are discarded."""
     import emcee
     import jax
     import jax.numpy as jnp
@@ -143,7 +153,7 @@ def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walker
 
     def make():
         def one(u, *d):
-            return -potential_energy(post.model, d, {}, {"theta": u})
+            return -potential_energy(post.model, d, {}, post.latent(u))
         return jax.jit(jax.vmap(one, in_axes=(0,) + (None,) * len(args)))
     logp = post._jitted("emcee", make)
 
@@ -151,11 +161,11 @@ def run_emcee(post, data, map_row, num_warmup=1000, num_samples=1000, num_walker
         lp = np.asarray(logp(jnp.asarray(u), *args), float)
         return np.where(np.isnan(lp), -np.inf, lp)
 
-    ndim = len(post.names)
+    ndim = post.n_latent
     if num_walkers < 2 * ndim:
         raise ValueError(f"emcee needs at least 2 × {ndim} walkers, got {num_walkers}")
     rng = np.random.default_rng(seed)
-    u0 = post.to_unconstrained(_initial_points(post, map_row, num_walkers, rng))
+    u0 = post.to_unconstrained(_initial_points(post, map_row, data, num_walkers, rng))
     sampler = emcee.EnsembleSampler(num_walkers, ndim, log_prob, vectorize=True)
     sampler.random_state = np.random.RandomState(seed).get_state()
     sampler.run_mcmc(u0, num_warmup + num_samples * thin, progress=progress)
@@ -188,34 +198,36 @@ def _batched(post, name, fn, flat, data=()):
 
 
 @in_float64
-def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
+def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None, seed=0):
     """Build the InferenceData (see module docstring) from standardized draws;
-    `ivar` (n_pix,) is the observed inverse variance."""
+    `ivar` (n_pix,) is the observed inverse variance, `data` the density's (`Posterior.data`)."""
     import warnings
 
     import arviz as az
     import jax
 
     flux = data[0]
-    formal = post.from_std(theta)                                     # (chain, draw, n_par)
-    flat = formal.reshape(-1, formal.shape[-1])
+    n = len(post.names)
+    params = post.from_std(theta[..., :n])                            # (chain, draw, n_par)
+    flat = params.reshape(-1, n)
+    if post.calibrated:
+        # the likelihood's labels φ = θ + δ of each draw (the calibration's offset: `Posterior.model`)
+        eta = theta[..., n:].reshape(-1, post.n_fit)
+        phi = post.likelihood_params(post.to_std(flat), eta, np.asarray(data[N_LIKE], float))
+    else:
+        phi = flat
     good = np.flatnonzero(np.asarray(data[1]) > 0)                    # the pixels the density uses
-    ll = _batched(post, "pointwise", jax.vmap(post.pointwise_log_likelihood, in_axes=(0,) + (None,) * N_DATA),
-                  flat, data)[:, good].reshape(formal.shape[:2] + (good.size,))
-    thin = max(1, formal.shape[1] // PPC_DRAWS)
-    ppc = _batched(post, "model_flux", jax.vmap(post.model_flux), formal[:, ::thin].reshape(-1, formal.shape[-1]))
+    shape = params.shape[:2] + (good.size,)
+    like = data[:N_LIKE]
+    ll = _batched(post, "pointwise", jax.vmap(post.pointwise_log_likelihood, in_axes=(0,) + (None,) * N_LIKE),
+                  phi, like)[:, good].reshape(shape)
+    # replicated spectra: each draw's model spectrum plus a draw of the noise (`StarNoise.draw`)
+    model = _batched(post, "model_flux", jax.vmap(post.model_flux), phi)[:, good]
+    noise = post.star_noise_from_data(like)
+    ppc = (model + noise.draw(np.random.default_rng([seed, 1]), len(phi))).reshape(shape)
     k = post.n_labels
     values = np.asarray(map_row["values"], float)
-    params = formal.copy()
-    calib = post.noise.calibration if post.calibrated else None
-    if calib is not None:
-        # the catalog's calibration as a linear map about the MAP: it takes the formal Laplace
-        # covariance to the calibrated one, and the draws with it (keeping their shape)
-        cov_f = np.asarray(map_row["cov_formal"], float)[None, :k, :k]
-        A = post.noise.calibration_map(cov_f, np.asarray(map_row["cov_model"], float)[None],
-                                       post.to_std(values[:k])[None], np.asarray(map_row["quality"])[None])[0]
-        params[..., :k] = values[:k] + (formal[..., :k] - values[:k]) @ A.T
-    edge = post.space.edge_fraction(formal, EDGE_TOL)
+    edge = post.space.edge_fraction(params, EDGE_TOL)
     hits = [f"{n} {f:.0%}" for n, f in zip(post.names, edge) if f > EDGE_WARN]
     if hits:
         warnings.warn(f"posterior mass at the edge of the support (the training domain) for "
@@ -224,41 +236,39 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
     predict = post._predict
     median = np.median(flat, 0)
     wave = np.asarray(post.emulator.wave_, float)
+    pixel = {"pixel": good}
+    posterior = {name: params[..., i] for i, name in enumerate(post.names)}
+    extra_dims = {}
+    if post.calibrated:
+        posterior["label_offset"] = (phi - flat)[:, :post.n_fit].reshape(params.shape[:2] + (post.n_fit,))
+        extra_dims = {"label_offset": ["fit_parameter"]}
     groups = dict(
-        posterior={n: params[..., i] for i, n in enumerate(post.names)},
+        posterior=posterior,
         sample_stats=stats,
-        posterior_predictive={"flux": ppc.reshape(formal.shape[0], -1, wave.size)},
-        observed_data={"flux": np.asarray(flux, float)},
+        log_likelihood={"flux": ll},
+        posterior_predictive={"flux": ppc},
+        observed_data={"flux": np.asarray(flux, float)[good]},
         constant_data={"ivar": np.asarray(ivar, float), "sigma_model": post.noise.sigma_model,
                        "pixel_clipped": np.isin(np.arange(wave.size), map_row.get("clipped", ())),
                        "model_map": np.asarray(predict(values[:k])),
                        "model_median": np.asarray(predict(median[:k]))},
-        coords={"wave": wave},
-        dims={"flux": ["wave"], "ivar": ["wave"], "sigma_model": ["wave"], "pixel_clipped": ["wave"],
-              "model_map": ["wave"],
-              "model_median": ["wave"]},
+        coords={"wave": wave, "fit_parameter": list(post.names[:post.n_fit]), **pixel},
+        dims={**extra_dims, "flux": ["pixel"], "ivar": ["wave"], "sigma_model": ["wave"], "pixel_clipped": ["wave"],
+              "model_map": ["wave"], "model_median": ["wave"]},
     )
     idata = az.from_dict(**groups)
-    # per pixel (the good ones), under the observed variable's name as ArviZ's converters do
-    idata.add_groups(log_likelihood=az.from_dict(log_likelihood={"flux": ll}, coords={"pixel": good},
-                                                 dims={"flux": ["pixel"]}).log_likelihood)
+    # each used pixel's wavelength beside its index (masked and clipped pixels are left out)
+    idata.map(lambda ds: ds.assign_coords(pixel_wave=("pixel", wave[good])),
+              groups=["observed_data", "posterior_predictive", "log_likelihood"], inplace=True)
     for i, name in enumerate(post.names):
-        for group in ("posterior", "posterior_formal"):
-            if group in idata.groups():
-                idata[group][name].attrs["units"] = post.space.units[i]
-    if calib is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)          # a non-standard group name
-            idata.add_groups(posterior_formal=az.from_dict(
-                posterior={n: formal[..., i] for i, n in enumerate(post.names)}).posterior)
-    n = len(post.names)
+        idata.posterior[name].attrs["units"] = post.space.units[i]
     idata.posterior.attrs.update(
         map_names=",".join(post.names), map_values=values,
         map_cov=np.asarray(map_row["cov"], float).reshape(n * n),
         map_cov_formal=np.asarray(map_row.get("cov_formal", map_row["cov"]), float).reshape(n * n),
         map_rchi2=float(map_row.get("rchi2", np.nan)), map_method=str(map_row.get("method", "")),
         label_names=",".join(post.names[:k]), model_error=post.noise.kind, noise=post.noise.tag,
-        noise_model=post.noise.describe(), calibrated=int(post.calibrated),
+        noise_model=post.noise.describe(), calibrated=int(post.calibrated), map_options=post.options.to_json(),
         support_low=post.low, support_high=post.high, edge_fraction=edge, edge_tol=EDGE_TOL,
         prior=repr(post.prior), model_training_hash=str(getattr(post.emulator, "training_hash_", "")),
         model_hash=str(getattr(post.emulator, "model_hash", "")),
@@ -268,9 +278,9 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None):
 
 @in_float64
 def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_samples=1000,
-           num_chains=4, seed=0, model_error="auto", calibration="auto", chain_method="sequential",
-           num_walkers=32, thin=1, map_row=None, support_pad=0.0, target_accept_prob=0.8, progress=True,
-           fit_rv=False):
+           num_chains=4, seed=0, model_error=None, calibration=None, chain_method="sequential",
+           num_walkers=32, thin=1, map_row=None, support_pad=None, target_accept_prob=0.8, progress=True,
+           fit_rv=None, options=None):
     """Sample the posterior of one star's labels.
 
     Parameters
@@ -282,12 +292,15 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
     sampler : "nuts" (NumPyro) or "emcee"
     num_warmup, num_samples : per chain (NUTS) or per walker (emcee; warm-up discarded)
     num_chains : NUTS chains; `chain_method` "sequential" | "vectorized" (both CPU)
-    model_error, calibration : the noise model, as in `fit_map` (same defaults)
+    options : `slambayes.MapOptions`, the settings of the density and its MAP, the object
+        `fit_map` took (or `MapOptions.from_header(catalog.meta)`), so that the posterior is one
+        of the catalog's density; None: the defaults
+    model_error, calibration, support_pad, fit_rv : given, each replaces that setting of
+        `options` (see `Posterior`)
     num_walkers, thin : emcee ensemble size and thinning
     seed : random seed; same inputs and seed give the same draws
-    map_row : dict(values, cov) of a known MAP; computed with `Posterior.find_map` if None
-    fit_rv : sample a residual radial velocity `rv_resid` (km/s) with the labels, the
-        density `fit_map(fit_rv=True)` maximizes
+    map_row : the star's `Posterior.find_map` result (computed if None; it fixes the clipped
+        pixels and the calibration's term of the density)
 
     Returns
     -------
@@ -296,12 +309,13 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
     post = emulator if isinstance(emulator, Posterior) else \
-        Posterior(emulator, prior, model_error, calibration, support_pad, fit_rv=fit_rv)
-    if map_row is None or "clipped" not in map_row:
-        # the pixels the MAP clips are left out of the sampled density too (one density)
+        Posterior(emulator, prior, model_error, calibration, support_pad, fit_rv=fit_rv, options=options)
+    if map_row is None or "clipped" not in map_row or "label_factor" not in map_row:
+        # the pixels the MAP clips are left out of the sampled density too, and the calibration's
+        # term is the one of this star's fit (one density)
         fit = post.find_map(spectrum)
-        map_row = fit if map_row is None else dict(map_row, clipped=fit["clipped"])
-    data = post.data(spectrum, map_row["clipped"])
+        map_row = fit if map_row is None else dict(map_row, clipped=fit["clipped"], label_factor=fit["label_factor"])
+    data = post.data(spectrum, map_row)
     t0 = time.perf_counter()
     extra = {}
     if sampler == "nuts":
@@ -313,7 +327,7 @@ def sample(emulator, spectrum, prior=None, sampler="nuts", num_warmup=1000, num_
         extra["acceptance_fraction"] = acc
     attrs = dict(sampler=sampler, num_warmup=num_warmup, num_samples=num_samples, seed=seed,
                  sampling_time_s=time.perf_counter() - t0, star_id=_star_id(spectrum), **extra)
-    idata = to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs)
+    idata = to_inference_data(post, data, spectrum.ivar[0], theta, stats, map_row, attrs, seed)
     library = "numpyro" if sampler == "nuts" else "emcee"
     version = importlib.metadata.version(library)
     for group in idata.groups():       # as ArviZ's own converters (from_numpyro, from_emcee) mark them

@@ -159,7 +159,13 @@ def test_the_check_on_the_low_rank_expansion_decides_as_the_exact_one(demo_small
     exact = fit_map(em, stars, progress=False)
     assert 0 < np.sum(exact["widened"]) and 0 < np.sum(~np.asarray(exact["laplace_ok"]))   # both cases occur
     np.testing.assert_array_equal(low["widened"], exact["widened"])
-    np.testing.assert_array_equal(low["laplace_ok"], exact["laplace_ok"])
+    # the same verdict, except for a star whose shift lies at the limit itself (within 0.02 σ)
+    limit = mc.LAPLACE_LIMITS["shift"]
+    shift = np.max(np.abs(np.asarray(exact["laplace_shift"])), 1)
+    borderline = np.abs(shift - limit) < 0.02
+    print("borderline stars:", np.flatnonzero(borderline), shift[borderline])
+    assert borderline.sum() <= 1
+    np.testing.assert_array_equal(np.asarray(low["laplace_ok"])[~borderline], np.asarray(exact["laplace_ok"])[~borderline])
     assert np.nanmax(np.abs(low["laplace_width"] - exact["laplace_width"])) < 0.01
     for name in em.label_names_:
         assert np.nanmax(np.abs(low[name + "_err"] / exact[name + "_err"] - 1)) < 0.005

@@ -299,7 +299,7 @@ def test_outlier_pixels_are_clipped_by_default_and_clean_spectra_untouched(demo_
     post = Posterior(em)
     fit = post.find_map(spiked[3:4])
     assert np.array_equal(np.sort(fit["clipped"]), np.sort(hit[3]))
-    isd = post.data(spiked[3:4], fit["clipped"])[1]
+    isd = post.data(spiked[3:4], fit)[1]
     assert np.all(isd[hit[3]] == 0) and np.count_nonzero(isd) == np.count_nonzero(sp.ivar[3]) - 10
 
 

@@ -245,7 +245,7 @@ def test_inference_data_is_self_describing_and_works_with_loo_and_ppc(demo_calib
     assert back.log_likelihood["flux"].shape == (2, 100, n_good)
     loo = az.loo(back)
     assert loo.n_data_points == n_good and np.isfinite(loo.elpd_loo)
-    assert back.posterior_predictive["flux"].shape == (2, 100, em.wave_.size)
+    assert back.posterior_predictive["flux"].shape == (2, 100, n_good)
     axes = az.plot_ppc(back, num_pp_samples=20)
     assert np.size(axes) >= 1
 
@@ -266,7 +266,7 @@ def test_posterior_does_not_switch_the_session_to_float64():
         star = make_demo(1, snr=50.0, seed=2, wave=wave)
         post = Posterior(em, calibration="none")
         m = post.find_map(star)
-        ll = post.log_likelihood(jnp.asarray(m["values"]), *post.data(star))
+        ll = post.log_likelihood(jnp.asarray(m["values"]), *post.data(star)[:5])
         idata = sample(post, star, num_warmup=30, num_samples=20, num_chains=1, progress=False)
         assert not jax.config.jax_enable_x64, "the session was switched to float64"
         assert jnp.ones(1).dtype == jnp.float32
