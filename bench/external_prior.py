@@ -10,7 +10,10 @@ three settings: (a) σ_ext = the star's catalog σ on every label; (b) 0.5 × th
 at 0.1 dex (a parallax- or seismology-based log g). Per setting and label it prints the z-score
 std and 68 % coverage of the posterior against the truth, for `fit_map(prior=)` (every test
 star) and for NUTS (4 × 1000 draws, the first `--nuts-stars` flag-0 stars of fold 0), and the
-fraction of laplace_ok stars whose posterior σ lies within 10 % of (σ_cat⁻² + σ_ext⁻²)^−½.
+fraction of laplace_ok stars whose posterior σ lies within 10 % of the Bayes product of the
+catalog's Gaussian (full covariance) and the prior (and of the one-label formula
+(σ_cat⁻² + σ_ext⁻²)^−½, which ignores the correlations between labels); and the same z-score
+statistics of the catalog without a prior.
 Targets: z-std in [0.8, 1.25], coverage in [60, 76] %. Writes bench/external_prior_<dataset>.json.
 
 The `fit_map(prior=)` rows for all stars come from one `fit_map` call per star and setting.
@@ -86,8 +89,9 @@ def main():
     warnings.simplefilter("ignore")
     from slambayes import Spectra, fit_map, sample
 
-    results = {s: dict(fit_map=dict(est=[], err=[], truth=[], bayes_ok=[]), nuts=dict(est=[], err=[], truth=[]))
-               for s in range(3)}
+    results = {s: dict(fit_map=dict(est=[], err=[], truth=[], bayes_ok=[], single_ok=[]),
+                       nuts=dict(est=[], err=[], truth=[])) for s in range(3)}
+    results["none"] = dict(fit_map=dict(est=[], err=[], truth=[]))
     t_all = time.perf_counter()
     for fold in D.list_splits(a.dataset)[:a.folds]:
         t0 = time.perf_counter()
@@ -101,6 +105,9 @@ def main():
         cat_val = np.column_stack([cat[n] for n in names])
         cat_err = np.column_stack([cat[n + "_err"] for n in names])
         good = np.asarray(cat["flag"]) == 0
+        results["none"]["fit_map"]["est"] += list(cat_val)
+        results["none"]["fit_map"]["err"] += list(cat_err)
+        results["none"]["fit_map"]["truth"] += list(truth)
         lap = np.asarray(cat["laplace_ok"])
         print(f"fold {fold}: {test.n_star} test stars, trained/loaded and fitted in {time.perf_counter() - t0:.0f} s",
               flush=True)
@@ -115,9 +122,15 @@ def main():
                 err = np.array([row[n + "_err"] for n in names])
                 r["est"].append(est), r["err"].append(err), r["truth"].append(truth[i])
                 if lap[i] and good[i]:
-                    expect = np.where(np.isfinite(s_ext[i]), (cat_err[i] ** -2 + np.nan_to_num(s_ext[i], nan=np.inf) ** -2)
-                                      ** -0.5, cat_err[i])
+                    # Bayes: the catalog's Gaussian (its full covariance) times the prior, each label's
+                    # marginal σ; and the one-label formula of the issue, (σ_cat⁻² + σ_ext⁻²)^−½
+                    prec = np.linalg.inv(np.asarray(cat["cov"][i])[:len(names), :len(names)])
+                    prec += np.diag(np.where(np.isfinite(s_ext[i]), np.nan_to_num(s_ext[i], nan=1.0) ** -2, 0.0))
+                    expect = np.sqrt(np.diag(np.linalg.inv(prec)))
+                    single = (cat_err[i] ** -2 + np.where(np.isfinite(s_ext[i]), np.nan_to_num(s_ext[i], nan=1.0) ** -2,
+                                                           0.0)) ** -0.5
                     r["bayes_ok"].append(np.abs(err / expect - 1) < 0.1)
+                    r["single_ok"].append(np.abs(err / single - 1) < 0.1)
             for i in nuts_idx:
                 idata = sample(em, test[i:i + 1], prior=prior_for(names, s_ext[i], m_ext[i]), num_warmup=1000,
                                num_samples=1000, num_chains=4, seed=int(i), progress=False)
@@ -126,7 +139,6 @@ def main():
                 rn["err"].append([float(idata.posterior[n].std()) for n in names])
                 rn["truth"].append(truth[i])
             print(f"  setting {SETTINGS[setting]}: done ({time.perf_counter() - t0:.0f} s)", flush=True)
-        del cat_val
     out = dict(dataset=a.dataset, folds=a.folds, nuts_stars=a.nuts_stars, settings=list(SETTINGS))
     print(f"\n{a.dataset}: posterior z-score std / 68 % coverage against the truth ({time.perf_counter() - t_all:.0f} s)")
     for setting in range(3):
@@ -138,12 +150,19 @@ def main():
             st = zstats(np.array(r["est"]), np.array(r["err"]), np.array(r["truth"]))
             if method == "fit_map":
                 st["sigma_within_10pc_of_bayes"] = np.mean(np.array(r["bayes_ok"]), 0).tolist()
+                st["sigma_within_10pc_of_one_label_formula"] = np.mean(np.array(r["single_ok"]), 0).tolist()
             out[SETTINGS[setting]][method] = st
             print(f"{SETTINGS[setting]:36s} {method:8s} n={st['n']:4d} z-std "
                   + " / ".join(f"{v:.2f}" for v in st["z_std"]) + "   68 %: "
                   + " / ".join(f"{100 * v:.1f}" for v in st["coverage68"])
                   + ("" if method != "fit_map" else "   σ within 10 % of Bayes (laplace_ok): "
-                     + " / ".join(f"{100 * v:.0f} %" for v in st["sigma_within_10pc_of_bayes"])))
+                     + " / ".join(f"{100 * v:.0f} %" for v in st["sigma_within_10pc_of_bayes"])
+                     + " (one-label formula: " + " / ".join(
+                         f"{100 * v:.0f} %" for v in st["sigma_within_10pc_of_one_label_formula"]) + ")"))
+    st = zstats(*(np.array(results["none"]["fit_map"][key]) for key in ("est", "err", "truth")))
+    out["no prior"] = st
+    print(f"{'no prior (the catalog)':36s} fit_map  n={st['n']:4d} z-std " + " / ".join(f"{v:.2f}" for v in st["z_std"])
+          + "   68 %: " + " / ".join(f"{100 * v:.1f}" for v in st["coverage68"]))
     print("labels:", ", ".join(names))
     (HERE / f"external_prior_{a.dataset}.json").write_text(json.dumps(out, indent=1))
 

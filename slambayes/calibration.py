@@ -22,7 +22,12 @@ to the training set's own typical spacing, and e ∈ [0, 1] how one-sided those
 neighbours are (the offset of their centroid in units of their distance: ≈ 0
 inside the training set, → 1 at its boundary, where the emulator extrapolates).
 Unusual stars are where the emulator is least constrained. c_j is a floor in
-physical units (label noise of the training set). The full covariance becomes Σ_obs + S Σ_model S + diag(c²).
+physical units (label noise of the training set). The calibration's term Δ = S Σ_model S −
+Σ_model + diag(c²) is added to the formal covariance; its correlations are then replaced by a
+correlation matrix R learned from the same residuals (`fit_correlation`): Δ = D R D with
+D² = diag(Δ), so each label's calibrated σ stays as fitted. The labels' errors on real spectra
+are more strongly correlated than the formal covariance says (APOGEE giants: Teff–[M/H]
+0.93 against 0.84), and a prior on one label narrows the others only as far as R lets it.
 
 (a, b, d, g, c) are fitted by maximizing the likelihood of the out-of-fold label
 residuals of the training stars (`slambayes.out_of_fold`), so the stars a
@@ -116,6 +121,8 @@ class Calibration:
     rho : the model-variance ratio that sets E[χ²_ν] (`fit_rho`)
     X_ref : (n_train, k) standardized training labels; d_ref : their typical neighbour distance
     stats : what the fit achieved on the training stars (z-std before and after, n, noise model)
+    R : (k, k) the correlation of the calibration's term (`fit_correlation`), or None (the
+        correlations of S Σ_model S − Σ_model + diag(c²) itself: models calibrated before R)
     """
 
     a: np.ndarray
@@ -125,11 +132,13 @@ class Calibration:
     X_ref: np.ndarray
     d_ref: float
     stats: dict
+    R: np.ndarray = None
 
     @classmethod
-    def for_training_set(cls, X_ref, a, w, c, rho, stats=None):
+    def for_training_set(cls, X_ref, a, w, c, rho, stats=None, R=None):
         return cls(np.asarray(a, float), np.asarray(w, float), np.asarray(c, float), float(rho),
-                   np.asarray(X_ref, float), typical_spacing(X_ref), dict(stats or {}))
+                   np.asarray(X_ref, float), typical_spacing(X_ref), dict(stats or {}),
+                   None if R is None else np.asarray(R, float))
 
     def features(self, theta_std, quality):
         """(m, 3) features of stars with standardized labels (m, k) and fit quality (m, 2):
@@ -144,25 +153,36 @@ class Calibration:
     def apply(self, cov, cov_model, theta_std, quality):
         """Calibrated covariance (m, k, k) from formal ones and their model-error share
         (m, k, k), physical units."""
-        cov, cov_model = np.asarray(cov, float), np.asarray(cov_model, float)
-        s = self.scale(theta_std, quality)
-        scaled = cov_model * s[:, :, None] * s[:, None, :]
-        return cov - cov_model + scaled + np.eye(cov.shape[-1]) * self.c**2
+        return np.asarray(cov, float) + self.term(cov_model, self.scale(theta_std, quality))
+
+    def term(self, cov_model, s):
+        """The calibration's term Δ (m, k, k) from the model-error shares (m, k, k) and the
+        scales s (m, k): S Σ_model S − Σ_model + diag(c²), with the correlation R if learned."""
+        cov_model = np.asarray(cov_model, float)
+        delta = cov_model * (s[:, :, None] * s[:, None, :] - 1.0) + np.eye(cov_model.shape[-1]) * self.c**2
+        if self.R is None:
+            return delta
+        d = np.sqrt(np.clip(np.diagonal(delta, axis1=1, axis2=2), 0.0, None))
+        return d[:, :, None] * self.R * d[:, None, :]
 
     def describe(self):
         return dict(model="sigma^2 = sigma_obs^2 + (exp(a + w . features) sigma_model)^2 + c^2",
                     features=list(FEATURES), a=self.a.tolist(), w=self.w.tolist(), c=self.c.tolist(), rho=self.rho,
-                    n_neighbours=N_NEIGHBOURS, d_ref=self.d_ref, **self.stats)
+                    n_neighbours=N_NEIGHBOURS, d_ref=self.d_ref,
+                    R=None if self.R is None else np.round(self.R, 4).tolist(), **self.stats)
 
     # ----------------------------------------------------------- storage
     def to_arrays(self):
-        return dict(calib_params_=np.vstack([self.a, self.w, self.c]), calib_rho_=np.float64(self.rho),
-                    calib_X_ref_=self.X_ref)
+        out = dict(calib_params_=np.vstack([self.a, self.w, self.c]), calib_rho_=np.float64(self.rho),
+                   calib_X_ref_=self.X_ref)
+        if self.R is not None:
+            out["calib_R_"] = self.R
+        return out
 
     @classmethod
-    def from_arrays(cls, params, rho, X_ref, stats=None):
+    def from_arrays(cls, params, rho, X_ref, stats=None, R=None):
         params = np.asarray(params, float)
-        return cls.for_training_set(X_ref, params[0], params[1:-1], params[-1], float(rho), stats=stats)
+        return cls.for_training_set(X_ref, params[0], params[1:-1], params[-1], float(rho), stats=stats, R=R)
 
 
 def t_consistency(nu=NU):
@@ -186,7 +206,40 @@ def _nll(p, e, var_obs, var_model, F):
     return np.sum(0.5 * np.log(var) + 0.5 * (NU + 1) * np.log1p(e**2 / (NU * var)))
 
 
-def fit_calibration(resid, sigma, sigma_model, quality, position, X_ref, span):
+def _correlation(params, k):
+    """A correlation matrix (k, k) from k(k−1)/2 unconstrained numbers: a unit-diagonal lower
+    triangle whose rows are normalized, times its transpose."""
+    L = np.eye(k)
+    L[np.tril_indices(k, -1)] = params
+    L /= np.linalg.norm(L, axis=1, keepdims=True)
+    return L @ L.T
+
+
+def fit_correlation(resid, cov, delta, nu=NU):
+    """The correlation R (k, k) of the calibration's term: maximum likelihood of the residuals
+    (n, k) under a multivariate Student-t (ν) with covariance cov + D R D (cov (n, k, k) the
+    formal covariances, delta (n, k, k) the calibration's term, whose diagonal gives D), its
+    scale made consistent at the Gaussian as the per-label fits are (`t_consistency`)."""
+    from scipy.optimize import minimize
+
+    resid, cov, delta = (np.asarray(v, float) for v in (resid, cov, delta))
+    k = resid.shape[1]
+    if k < 2:
+        return np.eye(k)
+    d = np.sqrt(np.clip(np.diagonal(delta, axis1=1, axis2=2), 0.0, None))
+    kappa2 = t_consistency(nu) ** 2
+
+    def nll(p):
+        S = (cov + d[:, :, None] * _correlation(p, k) * d[:, None, :]) / kappa2
+        sign, logdet = np.linalg.slogdet(S)
+        q = np.einsum("ni,ni->n", resid, np.linalg.solve(S, resid[:, :, None])[..., 0])
+        return float(np.sum(0.5 * logdet + 0.5 * (nu + k) * np.log1p(q / nu)))
+    p = minimize(nll, np.zeros(k * (k - 1) // 2), method="Nelder-Mead",
+                 options=dict(xatol=1e-4, fatol=1e-6, maxiter=4000)).x
+    return _correlation(p, k)
+
+
+def fit_calibration(resid, sigma, sigma_model, quality, position, X_ref, span, cov=None, cov_model=None):
     """Fit (ρ, a, w, c) per label by maximum likelihood of out-of-fold residuals.
 
     resid : (n, k) estimate − truth, physical; sigma : (n, k) formal σ; sigma_model : (n, k)
@@ -194,6 +247,8 @@ def fit_calibration(resid, sigma, sigma_model, quality, position, X_ref, span):
     quality : (n, 2) χ²_ν and the model error's share of the pixel variance, per star
     position : (n, 2) `position_features`, each against the training set the estimate was made with
     X_ref : (n_train, k) standardized labels of the final training set; span : (k,) its range
+    cov, cov_model : (n, k, k) the formal covariances and their model-error shares; given, the
+        correlation of the calibration's term is learned too (`fit_correlation`)
     Rows with a non-finite entry are left out. Returns a `Calibration`.
     """
     from scipy.optimize import minimize
@@ -225,4 +280,13 @@ def fit_calibration(resid, sigma, sigma_model, quality, position, X_ref, span):
         a[j], w[:, j], c[j] = p[0], p[1:-1], np.exp(p[-1])
         z_before[j], z_after[j] = np.std(e / s), np.std(e / np.sqrt(_variance(p, vo, vm, F)))
     stats = dict(n_fit=int(ok.sum()), nu=NU, z_std_formal=z_before.tolist(), z_std_calibrated=z_after.tolist())
-    return Calibration.for_training_set(X_ref, a, w, c, rho, stats=stats)
+    R = None
+    if cov is not None and cov_model is not None:
+        cov, cov_model = np.asarray(cov, float)[ok], np.asarray(cov_model, float)[ok]
+        fine = np.all(np.isfinite(cov.reshape(len(cov), -1)) & np.isfinite(cov_model.reshape(len(cov), -1)), 1)
+        s = np.exp(a + F @ w)
+        plain = Calibration.for_training_set(X_ref, a, w, c, rho)
+        delta = plain.term(cov_model[fine], s[fine])
+        R = fit_correlation(resid[ok][fine], cov[fine], delta)
+        stats["correlation"] = np.round(R, 4).tolist()
+    return Calibration.for_training_set(X_ref, a, w, c, rho, stats=stats, R=R)

@@ -9,7 +9,10 @@ principal components of the emulator's out-of-fold CV residuals (see
 `slambayes.model_covariance`). `NoiseModel.resolve` is the one place where a
 model-error setting ("auto", "correlated", "cv", "cv_minus_noise", "none") and
 the calibration setting are turned into arrays; every consumer (survey MAP,
-single-star MAP, NUTS, emcee, diagnostics) takes the resolved object.
+single-star MAP, NUTS, emcee, diagnostics) takes the resolved object. The
+calibration is part of the density as an errors-in-variables term on the labels
+(`NoiseModel.label_covariance`: p(f | θ) = ∫ p(f | θ + δ) N(δ; 0, Δ) dδ), never a map
+applied to a fit's covariance or to posterior draws.
 
 For one spectrum, `NoiseModel.star(ivar)` gives a `StarNoise`: Σ = D^½(I + V Vᵀ)D^½
 with D = diag(σ²_obs + ψ), V = D^(−½) F = Q S Pᵀ, so Σ^(−½) = (I − Q c Qᵀ) D^(−½),

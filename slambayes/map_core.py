@@ -25,9 +25,10 @@ The Laplace approximation is then checked (`slambayes.laplace_check`,
 `MapOptions.laplace_draws`): where the posterior is wider than the curvature says
 each σ is widened to the sampled one, and where its mean lies far from the MAP
 `laplace_ok` is False. The same rule serves the catalog, the out-of-fold fits the
-error calibration is learned from, and `Posterior.find_map`, so the samplers'
-calibration map starts from the same covariance. Start points are the training
-stars that fit best (`slambayes.start_points`).
+error calibration is learned from, and `Posterior.find_map`. `fit_spectra` then adds
+the calibration as part of the density (an errors-in-variables term, see there), with
+any Gaussian prior. Start points are the training stars that fit best
+(`slambayes.start_points`).
 
 Pixels no model predicts (unflagged cosmic rays, sky residuals) are clipped, as
 the SLAM paper's pipeline does: after a fit, a pixel whose raw residual exceeds

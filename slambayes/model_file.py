@@ -135,6 +135,7 @@ def load_emulator(cls, path):
                 if k in d.files:
                     arrays[k] = d[k]
             calib = (d["calib_params_"], d["calib_rho_"], d["calib_X_ref_"]) if "calib_params_" in d.files else None
+            calib_R = d["calib_R_"] if "calib_R_" in d.files else None
             checks = d["checks_limits_"] if "checks_limits_" in d.files else None
     except ModelFileError:
         raise
@@ -154,7 +155,7 @@ def load_emulator(cls, path):
     em.calibration_ = em.checks_ = None
     if calib is not None:
         from .calibration import Calibration
-        em.calibration_ = Calibration.from_arrays(*calib, stats=header.get("calibration") or {})
+        em.calibration_ = Calibration.from_arrays(*calib, stats=header.get("calibration") or {}, R=calib_R)
     if checks is not None:
         from .fit_checks import FitChecks
         em.checks_ = FitChecks.from_arrays(checks, em.X_train_)

@@ -67,6 +67,7 @@ def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=T
     """Fit each training star with the fold model that did not see it.
 
     Returns dict(values (n, k), sigma (n, k) formal, sigma_model (n, k) its model-error share,
+    cov, cov_model (n, k, k) the formal covariance and its model-error share,
     rchi2 (n,), quality (n, 2): χ²_ν and the model share, position (n, 2): the label-space
     calibration features, each against the fold's training set, norm_ratio (n,), flag (n,)).
     """
@@ -76,6 +77,7 @@ def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=T
     options = MapOptions()        # the catalog's options: the same covariance rule
     n, k = spectra.n_star, len(em.label_names_)
     out = dict(values=np.full((n, k), np.nan), sigma=np.full((n, k), np.nan),
+               cov=np.full((n, k, k), np.nan), cov_model=np.full((n, k, k), np.nan),
                sigma_model=np.full((n, k), np.nan), rchi2=np.full(n, np.nan),
                quality=np.full((n, 2), np.nan), position=np.zeros((n, 2)), norm_ratio=np.full(n, np.nan),
                flag=np.zeros(n, int))
@@ -93,6 +95,8 @@ def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=T
         vals = np.array([f.values for f in fits])
         out["values"][te] = vals
         out["sigma"][te] = np.sqrt(np.array([np.diag(f.cov) for f in fits]))
+        out["cov"][te] = np.array([f.cov[:k, :k] for f in fits])
+        out["cov_model"][te] = np.array([f.cov_model[:k, :k] for f in fits])
         out["sigma_model"][te] = np.sqrt(np.clip(np.array([np.diag(f.cov_model) for f in fits]), 0, None))
         out["rchi2"][te] = [f.rchi2 for f in fits]
         out["flag"][te] = [f.flag for f in fits]
@@ -134,7 +138,7 @@ def calibrate(emulator, spectra, model_error="auto", n_jobs=None, progress=None)
     space = LabelSpace.from_emulator(em)
     em.out_of_fold_ = oof                 # kept for inspection (not saved with the model)
     calib = fit_calibration(resid, oof["sigma"], oof["sigma_model"], oof["quality"], oof["position"], em.X_train_,
-                            space.high - space.low)
+                            space.high - space.low, cov=oof["cov"], cov_model=oof["cov_model"])
     calib.stats["model_error"] = NoiseModel.resolve(em, model_error, calibration="none").kind
     em.calibration_ = calib
     em.checks_ = fit_checks(oof["quality"], oof["norm_ratio"], calib.rho, em.X_train_)

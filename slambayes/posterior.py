@@ -1,9 +1,12 @@
 """The log posterior of one star: the noise model's likelihood + prior, in jax.
 
 The likelihood is the one of `slambayes.likelihood.NoiseModel` (Eq. 8, or its
-correlated form, by default the same choice as `fit_map`), so NUTS and emcee
-sample exactly the density whose maximum the survey catalog reports. Its MAP
-comes from the catalog's own core (`slambayes.map_core.fit_stars`).
+correlated form, by default the same choice as `fit_map`) with the calibration as an
+errors-in-variables term: the spectrum is described at φ = θ + δ, δ ~ N(0, Δ), Δ the
+star's calibration term (`NoiseModel.label_covariance`), and the samplers draw δ
+with θ. So NUTS and emcee sample the density whose Laplace form the survey catalog
+reports, under any prior. Its MAP comes from the catalog's own core
+(`slambayes.map_core.fit_spectra`), with the same `MapOptions`.
 
 Parameters live in standardized units (`slambayes.label_space.LabelSpace`): the
 emulator's labels followed by any nuisance parameters a prior asks for (e.g.

@@ -1,5 +1,6 @@
 """Calibrated uncertainties, learned from out-of-fold fits of the training stars only."""
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -172,3 +173,37 @@ def test_fold_choices_are_kept_and_saved(demo_small, tmp_path):
     em.save(tmp_path / "m.npz")
     back = Emulator.load(tmp_path / "m.npz")
     assert np.array_equal(back.fold_C_, em.fold_C_) and np.array_equal(back.fold_gamma_, em.fold_gamma_)
+
+
+def test_fit_correlation_recovers_the_correlation_of_the_calibration_term():
+    """Residuals drawn with covariance cov + D R D (cov the formal part, D R D the calibration's
+    term with a known R): the maximum-likelihood R is recovered."""
+    from slambayes.calibration import fit_correlation
+
+    rng = np.random.default_rng(3)
+    n, k = 3000, 3
+    R = np.array([[1.0, 0.85, 0.6], [0.85, 1.0, 0.4], [0.6, 0.4, 1.0]])
+    sd = rng.uniform(0.5, 2.0, (n, k))
+    cov = np.einsum("ni,ij,nj->nij", 0.3 * sd, 0.5 * np.eye(k) + 0.5, 0.3 * sd)
+    d = sd
+    delta = d[:, :, None] * np.eye(k) * d[:, None, :]          # only its diagonal is used
+    total = cov + d[:, :, None] * R * d[:, None, :]
+    resid = np.einsum("nij,nj->ni", np.linalg.cholesky(total), rng.standard_normal((n, k)))
+    got = fit_correlation(resid, cov, delta)
+    print(np.round(got, 3))
+    assert np.allclose(np.diag(got), 1) and np.max(np.abs(got - R)) < 0.05
+
+
+def test_calibration_learns_the_label_correlations(demo_calibrated, tmp_path):
+    """The calibrated model carries R, its term keeps each label's calibrated σ, and it survives
+    the model file."""
+    em, _ = demo_calibrated
+    cal = em.calibration_
+    assert cal.R is not None and np.allclose(np.diag(cal.R), 1) and np.all(np.linalg.eigvalsh(cal.R) > 0)
+    s = np.array([[1.5, 2.0, 1.2]])
+    cm = np.array([[[1.0, 0.3, 0.1], [0.3, 2.0, 0.2], [0.1, 0.2, 0.5]]])
+    plain = replace(cal, R=None).term(cm, s)
+    with_r = cal.term(cm, s)
+    np.testing.assert_allclose(np.diagonal(with_r, axis1=1, axis2=2), np.diagonal(plain, axis1=1, axis2=2))
+    em.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(Emulator.load(tmp_path / "m.npz").calibration_.R, cal.R)

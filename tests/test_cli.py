@@ -87,6 +87,32 @@ def test_sample_then_diagnose(demo_small, tmp_path, capsys):
     assert "junk.nc" in capsys.readouterr().err
 
 
+def test_sample_takes_the_catalog_settings(demo_calibrated, tmp_path, capsys):
+    """`sample --catalog` samples the density the catalog was fitted with (its MAPOPTS)."""
+    import arviz as az
+
+    from slambayes import MapOptions
+
+    em, _ = demo_calibrated
+    em.save(tmp_path / "m.npz")
+    make_demo(2, snr=40.0, seed=8, wave=em.wave_).to_npz(tmp_path / "stars.npz")
+    assert main(["fit", "--model", str(tmp_path / "m.npz"), "--spectra", str(tmp_path / "stars.npz"),
+                 "--clip-sigma", "0", "--n-starts", "2", "--fit-rv", "--out", str(tmp_path / "c.fits")]) == 0
+    from astropy.io import fits
+    options = MapOptions.from_header(fits.getheader(tmp_path / "c.fits", 1))
+    assert options.clip_sigma is None and options.n_starts == 2 and options.fit_rv
+    nc = tmp_path / "s.nc"
+    assert main(["sample", "--model", str(tmp_path / "m.npz"), "--spectra", str(tmp_path / "stars.npz"),
+                 "--star", "0", "--catalog", str(tmp_path / "c.fits"), "--num-warmup", "100",
+                 "--num-samples", "100", "--num-chains", "1", "--out", str(nc)]) == 0
+    idata = az.from_netcdf(str(nc))
+    assert MapOptions.from_json(idata.posterior.attrs["map_options"]) == options
+    assert "rv_resid" in idata.posterior and idata.posterior.attrs["calibrated"] == 1
+    assert main(["sample", "--model", str(tmp_path / "m.npz"), "--spectra", str(tmp_path / "stars.npz"),
+                 "--star", "0", "--catalog", str(tmp_path / "stars.npz"), "--out", str(nc)]) == 2
+    assert "--catalog" in capsys.readouterr().err
+
+
 def test_version_flag():
     import subprocess
     import sys
