@@ -14,6 +14,7 @@ import pytest
 
 from slambayes import MapOptions, Posterior, fit_map, sample
 from slambayes import map_fit
+from conftest import assert_bayes_product
 from slambayes.datasets import make_demo
 from slambayes.priors import Gaussian
 from slambayes.priors.base import Prior
@@ -87,17 +88,9 @@ def test_single_star_map_under_a_non_gaussian_prior_keeps_the_calibration(widene
 
 def test_nuts_with_gaussian_prior_is_the_bayes_product(widened):
     em, sp, cat, order = widened
-    i, label = order[0], "feh"
-    m0, s0 = cat[label][i], cat[label + "_err"][i]
-    m, s = m0 + s0, s0
-    idata = sample(em, sp[i:i + 1], prior=Gaussian([label], [m], [s]), num_warmup=500, num_samples=1500,
-                   num_chains=4, seed=3, progress=False)
-    d = idata.posterior[label].values.ravel()
-    mb, sb_ = bayes(m0, s0, m, s)
-    print("Bayes", mb, sb_, "NUTS", d.mean(), d.std(), "ESS", float(az.ess(idata, var_names=[label])[label]))
-    assert abs(d.mean() - mb) < 0.05 * sb_ and abs(d.std() / sb_ - 1) < 0.05
-    assert int(idata.sample_stats["diverging"].sum()) == 0
+    print("NUTS with a [Fe/H] prior, (shift / σ, σ ratio) against Bayes:", assert_bayes_product(em, sp, cat, "feh"))
     # without a prior NUTS has the catalog's calibrated width, not the formal one
+    i = order[0]
     free = sample(em, sp[i:i + 1], num_warmup=500, num_samples=1500, num_chains=4, seed=3, progress=False)
     for n in em.label_names_:
         w = float(free.posterior[n].std()) / cat[n + "_err"][i]

@@ -6,7 +6,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import assert_engines_agree
+from conftest import assert_bayes_product, assert_engines_agree
 
 from slambayes import Emulator, Spectra, fit_map, preprocess as P
 from slambayes.datasets import make_demo
@@ -238,6 +238,9 @@ def test_apogee_giants_five_fold_cv(bench_datasets):
             agree.append(assert_engines_agree(fit_map(em, test, prior=prior, engine="scipy", progress=False),
                                               fit_map(em, test, prior=prior, progress=False), names))
             print(f"apogee100 split {split}: batched vs scipy engine, max |Δ|/σ and |σ ratio − 1|: {agree}")
+            # a Gaussian prior on a near-Gaussian real star: the Bayes product of the catalog row and the prior
+            print("apogee100 split", split, "NUTS with a log g prior, (shift / σ, σ ratio) against Bayes:",
+                  assert_bayes_product(em, test, cat, "logg"))
         p, e = labels_from_catalog(cat, d["label_names"])
         preds.append(p); errs.append(e); truths.append(d["test"]["labels"])
         formal.append(np.column_stack([cat[n + "_err_formal"] for n in d["label_names"]]))
