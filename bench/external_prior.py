@@ -93,7 +93,7 @@ def main():
                        nuts=dict(est=[], err=[], truth=[])) for s in range(3)}
     results["none"] = dict(fit_map=dict(est=[], err=[], truth=[]))
     t_all = time.perf_counter()
-    for fold in D.list_splits(a.dataset)[:a.folds]:
+    for fold_index, fold in enumerate(D.list_splits(a.dataset)[:a.folds]):
         t0 = time.perf_counter()
         em = emulator_for(a.dataset, fold, a.n_jobs)
         d = D.load(a.dataset, fold)
@@ -111,9 +111,9 @@ def main():
         lap = np.asarray(cat["laplace_ok"])
         print(f"fold {fold}: {test.n_star} test stars, trained/loaded and fitted in {time.perf_counter() - t0:.0f} s",
               flush=True)
-        nuts_idx = np.flatnonzero(good)[:a.nuts_stars] if fold == D.list_splits(a.dataset)[0] else []
+        nuts_idx = np.flatnonzero(good)[:a.nuts_stars] if fold_index == 0 else []
         for setting in range(3):
-            rng = np.random.default_rng([setting, int(str(fold).isdigit() and int(fold) or 0), 2026])
+            rng = np.random.default_rng([setting, fold_index, 2026])
             s_ext, m_ext = external(setting, cat_err, names, rng, truth)
             r = results[setting]["fit_map"]
             for i in range(test.n_star):

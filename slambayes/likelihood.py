@@ -91,15 +91,6 @@ class StarNoise:
         ivar[pixels] = 0.0
         return self.source.star(ivar)
 
-    def draw(self, rng, size=()):
-        """Noise vectors (*size, n_good) ~ N(0, Σ) on the good pixels: Σ^½ ε with the symmetric
-        root of I + V Vᵀ, D^½ (I + Q (1/(1 − c) − 1) Qᵀ) ε (the posterior predictive's noise)."""
-        g = self.good
-        eps = rng.standard_normal(tuple(np.atleast_1d(size)) + (int(g.sum()),))
-        Q = self.Q[g]
-        out = eps + ((eps @ Q) * (1.0 / (1.0 - self.c) - 1.0)) @ Q.T if self.c.size else eps
-        return out / self.isd[g]
-
     @property
     def good(self):
         return self.isd > 0
@@ -152,6 +143,18 @@ class StarNoise:
         rw = resid * isd
         p = rw @ Q
         return -0.5 * (xp.sum(rw * rw, axis=-1) - xp.sum(c2 * p * p, axis=-1)) + norm
+
+    @staticmethod
+    def draw(rng, n, isd, Q, c2):
+        """n noise vectors (n, n_good) ~ N(0, Σ) on the good pixels (isd > 0): Σ^½ ε with the
+        symmetric root of I + V Vᵀ, D^½ (I + Q (1/(1 − c) − 1) Qᵀ) ε, c from c2 = 2c − c²
+        (the posterior predictive's noise)."""
+        g = isd > 0
+        eps = rng.standard_normal((n, int(g.sum())))
+        Q = Q[g]
+        if Q.shape[1]:
+            eps = eps + ((eps @ Q) * (1.0 / np.sqrt(1.0 - c2) - 1.0)) @ Q.T
+        return eps / isd[g]
 
     @staticmethod
     def project(resid0, B, isd, Q, c2, norm):
@@ -306,14 +309,6 @@ class NoiseModel:
             lam, V = np.linalg.eigh(0.5 * (d + d.T))
             out[i, :k, :k] = (V * np.clip(lam, 0.0, None)) @ V.T
         return out
-
-    def calibrate(self, cov, cov_model, theta_std, quality):
-        """The likelihood's calibrated covariance cov + Δ (`label_covariance`), (m, n, n):
-        the catalog's covariance of a fit without a prior. Unchanged without a calibration."""
-        cov = np.array(cov, float)
-        if self.calibration is None:
-            return cov
-        return cov + self.label_covariance(cov, cov_model, theta_std, quality)
 
     @property
     def tag(self):

@@ -47,7 +47,7 @@ With `loss="soft_l1"` or `"cauchy"` the pixel residuals (in units of the total
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -605,7 +605,7 @@ def _inverse(H):
 def _starts_std(space, starts):
     """The starting points (n_start, n) in standardized units; nuisances start at their centre."""
     nuisance0 = space.loc[space.n_labels:]
-    return [space.to_std(x if x.size == len(space.names) else np.r_[x, nuisance0]) for x in np.atleast_2d(starts)]
+    return [space.to_std(np.r_[x, nuisance0]) for x in np.atleast_2d(starts)]
 
 
 def _clip_more(prob, theta, noise, clipped, options):

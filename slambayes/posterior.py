@@ -61,7 +61,7 @@ class Posterior:
         False evaluates it pixel by pixel (for benchmarks)
 
     The density is the noise model's likelihood, calibrated (the calibration's errors-in-
-    variables term in the pixel covariance, fixed per star at its likelihood-only MAP:
+    variables label offset δ ~ N(0, Δ), Δ fixed per star at its likelihood-only MAP:
     `find_map`), times the prior, whatever the prior.
 
     Attributes
@@ -146,11 +146,6 @@ class Posterior:
         if noise.n_good <= self.n_labels:
             raise ValueError(f"star {_star_id(spectrum)}: only {noise.n_good} good pixel(s)")
         return noise.without(np.asarray(clipped, int)) if np.size(clipped) else noise
-
-    def star_noise_from_data(self, data):
-        """A `StarNoise` view of `data` (isd, Q, c from `data`'s arrays) for drawing noise."""
-        _, isd, Q, c2, norm = (np.asarray(a, float) for a in data[:N_LIKE])
-        return StarNoise(isd, Q, 1.0 - np.sqrt(1.0 - c2), float(norm), None, None)
 
     def data(self, spectrum, map_row=None):
         """(flux, isd, Q, c2, norm, offset): the arrays the jax density takes for one star, of its
@@ -344,7 +339,9 @@ class Posterior:
             n = len(self.names)
             formal = np.full((n, n), np.nan)
             formal[:self.n_fit, :self.n_fit] = fit.cov_formal
-            out.update(polished, cov_formal=formal, flag=int(polished["flag"]) | (int(fit.flag) & ~0b111))
+            # the polish's own solver bits replace the fit's; the fit checks' bits stay
+            solver = FLAGS["no_data"] | FLAGS["not_converged"] | FLAGS["at_edge"]
+            out.update(polished, cov_formal=formal, flag=int(polished["flag"]) | (int(fit.flag) & ~solver))
         return out
 
     @in_float64

@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 from .float64 import in_float64
+from .likelihood import StarNoise
 from .posterior import N_LIKE, Posterior, _star_id
 from .progress import bar
 
@@ -66,7 +67,7 @@ def _initial_points(post, map_row, data, n, rng, spread=0.1):
     if not post.calibrated:
         return pts
     nf = post.n_fit
-    anchor = post.space.to_std(np.r_[np.asarray(map_row["anchor"], float)[:nf], post.loc[nf:]])[:nf]
+    anchor = (np.asarray(map_row["anchor"], float)[:nf] - post.loc[:nf]) / post.scale[:nf]
     eta = np.linalg.pinv(np.asarray(data[-1], float)) @ (anchor - theta[:nf])
     return np.hstack([pts, np.nan_to_num(eta) + spread * rng.standard_normal((n, nf))])
 
@@ -213,7 +214,7 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None, seed=
     if post.calibrated:
         # the likelihood's labels φ = θ + δ of each draw (the calibration's offset: `Posterior.model`)
         eta = theta[..., n:].reshape(-1, post.n_fit)
-        phi = post.likelihood_params(post.to_std(flat), eta, np.asarray(data[N_LIKE], float))
+        phi = post.likelihood_params(theta[..., :n].reshape(-1, n), eta, np.asarray(data[N_LIKE], float))
     else:
         phi = flat
     good = np.flatnonzero(np.asarray(data[1]) > 0)                    # the pixels the density uses
@@ -223,8 +224,8 @@ def to_inference_data(post, data, ivar, theta, stats, map_row, attrs=None, seed=
                   phi, like)[:, good].reshape(shape)
     # replicated spectra: each draw's model spectrum plus a draw of the noise (`StarNoise.draw`)
     model = _batched(post, "model_flux", jax.vmap(post.model_flux), phi)[:, good]
-    noise = post.star_noise_from_data(like)
-    ppc = (model + noise.draw(np.random.default_rng([seed, 1]), len(phi))).reshape(shape)
+    _, isd, Q, c2, _ = (np.asarray(a, float) for a in like)
+    ppc = (model + StarNoise.draw(np.random.default_rng([seed, 1]), len(phi), isd, Q, c2)).reshape(shape)
     k = post.n_labels
     values = np.asarray(map_row["values"], float)
     edge = post.space.edge_fraction(params, EDGE_TOL)
