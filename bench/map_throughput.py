@@ -9,9 +9,12 @@ no CV (the cost of an evaluation does not depend on them):
 For each, on one core (one process, one BLAS thread), in the same run:
 `fit_map(engine="scipy")` (scipy's least_squares one star at a time) and
 `engine="batched"` (`slambayes.batched_lm`: a chunk's stars in one emulator
-product per iteration), both with `laplace_draws=0` (the fit alone), their
+product per iteration), both with `posterior_draws=0` (the fit alone), their
 labels and errors compared in units of σ; the batched engine with the default
-Laplace check (`laplace_draws=256`); and the FLOP limit: the spectra/s of one core
+posterior summaries (`posterior_draws=128`, `slambayes.posterior_summary`), as a
+fraction of the fit alone; the same fits at `BASELINE_REV`, the commit before the
+summaries, with its Laplace check (256 draws) and without, run from a git worktree
+(bench/.cache) in a subprocess on the same model and spectra; and the FLOP limit: the spectra/s of one core
 if the emulator evaluations a fit needs (the scipy engine's median number of flux +
 Jacobian evaluations of the dense expansion, 2 n_pix n_train (k + 1) FLOP each) ran
 at the GEMM rate measured on this machine at the model's shape. On the 7214-pixel
@@ -26,6 +29,7 @@ one by bench/posterior_speed.py too).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,6 +65,54 @@ def draw(rng, n, snr):
 
 NAMES = ["teff", "logg", "feh", "mgfe"]
 CACHE = Path(__file__).resolve().parent / ".cache"
+BASELINE_REV = "4d68d75"     # the last commit with the Laplace check alone ("today's check" of issue 32)
+
+_BASELINE_SCRIPT = """
+import sys, time, json
+import numpy as np
+from threadpoolctl import threadpool_limits
+from slambayes import Emulator, Spectra, fit_map
+em = Emulator.load(sys.argv[1])
+d = np.load(sys.argv[2])
+test = Spectra(d["wave"], d["flux"], d["ivar"])
+out = {}
+with threadpool_limits(1):
+    fit_map(em, test[:4], progress=False)
+    assert "laplace_draws" in fit_map.__code__.co_varnames, "not the baseline's slambayes"
+    for key, draws in (("fit", 0), ("check", 256)):
+        best = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fit_map(em, test, n_jobs=1, chunk_size=len(test.flux), progress=False, laplace_draws=draws)
+            best = min(best, time.perf_counter() - t0)
+        out[key] = len(test.flux) / best
+print(json.dumps(out))
+"""
+
+
+def baseline_rates(em, test):
+    """MAP-only and MAP + Laplace check spectra/s of one core at `BASELINE_REV`, run from a git
+    worktree of that commit (bench/.cache/baseline) in a subprocess on the same model and spectra."""
+    import json
+    import subprocess
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = CACHE / f"baseline-{BASELINE_REV}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), BASELINE_REV], check=True,
+                       capture_output=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, spectra = Path(tmp) / "model.npz", Path(tmp) / "spectra.npz"
+        em.save(model)
+        np.savez(spectra, wave=test.wave, flux=test.flux, ivar=test.ivar)
+        env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+        # cwd: `-c` puts the working directory first on sys.path, and it must not be this checkout
+        res = subprocess.run([sys.executable, "-c", _BASELINE_SCRIPT, str(model), str(spectra)], env=env, cwd=tree,
+                             capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"the baseline run at {BASELINE_REV} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def model_7214(path=None, n_train=1000, cv=0, C=10.0, gamma=0.1):
@@ -126,8 +178,8 @@ def engines(em, test, names, truth):
     the batched engine's catalog (fit only)."""
     rate, cats = {}, {}
     for eng in ("scipy", "batched"):
-        rate[eng], cats[eng] = one_core_rate(em, test, engine=eng, laplace_draws=0)
-    rate["check"], _ = one_core_rate(em, test, engine="batched")
+        rate[eng], cats[eng] = one_core_rate(em, test, engine=eng, posterior_draws=0)
+    rate["summary"], _ = one_core_rate(em, test, engine="batched")
     n_pix, n_train = em.wave_.size, em.X_train_.shape[0]
     shift, width = agreement(cats["scipy"], cats["batched"], names)
     flags = float(np.mean(cats["scipy"]["flag"] == cats["batched"]["flag"]))
@@ -135,7 +187,13 @@ def engines(em, test, names, truth):
     print(f"  batched engine {rate['batched']:7.1f} spectra/s (median {np.median(cats['batched']['nfev']):.0f} "
           f"evaluations) -> {rate['batched'] / rate['scipy']:.1f}x scipy; labels differ by ≤ {shift:.4f} σ, "
           f"errors by ≤ {100 * width:.2f} %, flags equal for {100 * flags:.0f} % of the spectra")
-    print(f"  batched engine with the Laplace check (laplace_draws=256, the default): {rate['check']:.1f} spectra/s")
+    print(f"  batched engine with the posterior summaries (the default, posterior_draws=128): {rate['summary']:.1f} "
+          f"spectra/s = {100 * rate['summary'] / rate['batched']:.0f} % of the MAP-only rate")
+    if BASELINE_REV:
+        base = baseline_rates(em, test)
+        print(f"  the same fits at {BASELINE_REV} (before the summaries), same machine, same run: MAP only "
+              f"{base['fit']:.1f} spectra/s, with its Laplace check (256 Gaussian draws) {base['check']:.1f} spectra/s "
+              f"= {100 * base['check'] / base['fit']:.0f} % of its MAP-only rate")
     nfev = float(np.median(cats["scipy"]["nfev"]))
     flops = 2.0 * n_pix * n_train * (len(names) + 1) * nfev
     gemm = gemm_rate(n_train, n_pix)
@@ -191,20 +249,20 @@ def main():
     f, iv, lab = draw(np.random.default_rng(2), args.n_test, 50.0)
     test = Spectra(wave, f, iv)
     exact = engines(em, test, NAMES, lab)
-    kw = dict(n_jobs=2, chunk_size=max(args.n_test // 2, 1), laplace_draws=0, progress=False)
+    kw = dict(n_jobs=2, chunk_size=max(args.n_test // 2, 1), posterior_draws=0, progress=False)
     fit_map(em, test, **kw)                   # the workers start and receive the model once
     t0 = time.perf_counter()
     cat = fit_map(em, test, **kw)
     print(f"  batched engine, 2 processes: {len(cat) / (time.perf_counter() - t0):.1f} spectra/s")
     em.compression = args.compression
     print(f"  compression {args.compression}: coefficient ranks {em.expansion.ranks}")
-    rate, cat = one_core_rate(em, test, 1, laplace_draws=0)
+    rate, cat = one_core_rate(em, test, 1, posterior_draws=0)
     shift, width = agreement(exact, cat, NAMES)
     print(f"  batched engine, compression {args.compression}: {rate:.1f} spectra/s; labels differ from the exact "
           f"expansion's by ≤ {shift:.4f} σ, errors by ≤ {100 * width:.2f} %")
     em.compression = 0.0
-    an_rate, _ = one_core_rate(em, test[: args.n_fd], 1, engine="scipy", laplace_draws=0)
-    fd_rate, _ = one_core_rate(em, test[: args.n_fd], 1, engine="scipy", jac="2-point", laplace_draws=0)
+    an_rate, _ = one_core_rate(em, test[: args.n_fd], 1, engine="scipy", posterior_draws=0)
+    fd_rate, _ = one_core_rate(em, test[: args.n_fd], 1, engine="scipy", jac="2-point", posterior_draws=0)
     print(f"  scipy engine, finite-difference Jacobian: {1e3 / fd_rate:.1f} ms/spectrum vs {1e3 / an_rate:.1f} ms "
           f"analytic -> analytic is {an_rate / fd_rate:.1f}x faster")
 

@@ -200,12 +200,16 @@ def cmd_fit(a):
     from .map_core import MapOptions
     options = MapOptions(model_error=a.model_error, calibration=a.calibration, n_starts=a.n_starts, loss=a.loss,
                          f_scale=a.f_scale, clip_sigma=None if a.clip_sigma == 0 else a.clip_sigma,
-                         fit_rv=a.fit_rv, rv_window=a.rv_window, laplace_draws=a.laplace_draws, engine=a.engine)
+                         fit_rv=a.fit_rv, rv_window=a.rv_window, posterior_draws=a.posterior_draws,
+                         posterior_budget=a.posterior_budget, engine=a.engine)
     cat = fit_map(em, sp, options=options, chunk_size=a.chunk_size, n_jobs=a.n_jobs, client=client, output=a.out,
                   overwrite=a.overwrite, progress=a.progress)
     n_bad = int((cat["flag"] != 0).sum())
     skipped = sp.meta.meta.get("skipped", [])
     log.info("%d spectra fitted, %d flagged; catalog written to %s", len(cat), n_bad, a.out)
+    if "posterior_method" in cat.colnames:
+        kinds, counts = np.unique(np.asarray(cat["posterior_method"]), return_counts=True)
+        log.info("posterior summaries: %s", ", ".join(f"{c} {k}" for k, c in zip(kinds, counts)))
     if skipped:
         log.warning("%d input file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
 
@@ -455,8 +459,11 @@ def build_parser():
                    help="clip pixels off by more than this many total σ and refit (0: no clipping)")
     _rv_options(f)
     f.add_argument("--rv-window", type=_positive_float, default=_api(fit_map, "rv_window"), help="|rv_resid| bound, km/s")
-    f.add_argument("--laplace-draws", type=_count(0), default=_api(fit_map, "laplace_draws"),
-                   help="importance draws per star that check the catalog's Gaussian errors (even; 0: no check)")
+    f.add_argument("--posterior-draws", type=_count(0), default=_api(fit_map, "posterior_draws"),
+                   help="importance draws per star for the posterior summaries (mean, std, p05..p95 per label) "
+                        "and the check of the Gaussian errors (even; 0: neither)")
+    f.add_argument("--posterior-budget", type=float, default=_api(fit_map, "posterior_budget"),
+                   help="extra draws (x posterior-draws) a star whose importance weights fail may get")
     f.add_argument("--engine", default=_api(fit_map, "engine"), choices=ENGINES,
                    help="batched: a chunk's stars in one emulator product per iteration; scipy: one star at a "
                         "time (the reference); auto: batched where it applies")

@@ -159,10 +159,10 @@ class Emulator:
         """The kernel expansion in standardized units, compressed as `compression` asks."""
         return self.expansion_at(self.compression)
 
-    def expansion_at(self, compression):
+    def expansion_at(self, compression, single=False):
         """The kernel expansion compressed to `compression` (0: exact), built once per setting
-        and cached (the Laplace check evaluates its draws on a compressed one while the fit
-        uses the emulator's own)."""
+        and cached (the posterior summaries evaluate their draws on a compressed one while the
+        fit uses the emulator's own); single: its arrays in float32."""
         self._check_fitted()
         c = float(compression)
         cache = getattr(self, "_expansion", None) or {}
@@ -171,8 +171,10 @@ class Emulator:
                 cache[0.0] = KernelExpansion.from_dense(self.X_train_, self.dual_coef_, self.intercept_, self.gamma_)
             if c > 0:
                 cache[c] = cache[0.0].compressed(c, self._cv_rms())
+        if single and (c, "f4") not in cache:
+            cache[(c, "f4")] = cache[c].astype(np.float32)
         self._expansion = cache
-        return cache[c]
+        return cache[(c, "f4")] if single else cache[c]
 
     def _cv_rms(self):
         """sqrt(CV MSE_j), standardized (n_pix,) (the training MSE where a pixel has no CV)."""
@@ -194,13 +196,16 @@ class Emulator:
     def from_std(self, theta):
         return np.asarray(theta) * self.label_std_ + self.label_mean_
 
-    def predict(self, labels, compression=None):
+    def predict(self, labels, compression=None, single=False):
         """Normalized flux for labels (m, k) or (k,) in physical units → (m, n_pix) or (n_pix,);
-        with the expansion compressed to `compression` if given, else to the emulator's own."""
+        with the expansion compressed to `compression` if given, else to the emulator's own;
+        single: evaluated and returned in float32 (about 1e-6 of the flux; the posterior
+        summaries' draws)."""
         theta = self.to_std(labels)
-        exp = self.expansion if compression is None else self.expansion_at(compression)
-        f = exp.predict(np.atleast_2d(theta))
-        f = self.flux_mean_ + self.flux_std_ * f
+        exp = self.expansion_at(self.compression if compression is None else compression, single)
+        dtype = np.float32 if single else float
+        f = exp.predict(np.atleast_2d(theta).astype(dtype))
+        f = self.flux_mean_.astype(dtype, copy=False) + self.flux_std_.astype(dtype, copy=False) * f
         return f[0] if theta.ndim == 1 else f
 
     def predict_and_jacobian(self, labels):

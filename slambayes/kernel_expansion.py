@@ -156,6 +156,14 @@ class KernelExpansion:
             out = out @ self._factor(i)
         return out.reshape(lead + out.shape[-1:])
 
+    def astype(self, dtype):
+        """The same expansion with its arrays in `dtype` (float32 halves the cost of a product;
+        evaluate it at θ of the same dtype)."""
+        def cast(a):
+            return None if a is None else np.ascontiguousarray(a, dtype)
+        return KernelExpansion(cast(self.X), self.gammas, tuple(cast(a) for a in self.A_T),
+                               tuple(cast(v) for v in self.b), self.order, tuple(cast(v) for v in self.V))
+
     def to_xp(self, xp):
         """The same expansion with arrays of module `xp` (e.g. jax.numpy)."""
         return KernelExpansion(xp.asarray(self.X), self.gammas, tuple(xp.asarray(a) for a in self.A_T),

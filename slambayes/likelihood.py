@@ -107,14 +107,18 @@ class StarNoise:
         return float(np.mean(1.0 - self.var_obs[g] * self.weights[g])) if g.any() else np.nan
 
     def whiten(self, x):
-        """Σ^(−½) x for x (n_pix,) or (n_pix, k); ‖whiten(r)‖² = rᵀ Σ⁻¹ r."""
-        x = np.asarray(x, float)
-        isd = self.isd if x.ndim == 1 else self.isd[:, None]
-        xw = x * isd
+        """Σ^(−½) x for x (n_pix,) or (n_pix, k); ‖whiten(r)‖² = rᵀ Σ⁻¹ r. In float32 where x is
+        (the posterior summaries' draws), else float64."""
+        x = np.asarray(x)
+        dtype = np.float32 if x.dtype == np.float32 else float
+        x = x.astype(dtype, copy=False)
+        isd = self.isd.astype(dtype, copy=False)
+        xw = x * (isd if x.ndim == 1 else isd[:, None])
         if self.c.size == 0:
             return xw
-        proj = self.Q.T @ xw
-        return xw - self.Q @ (self.c * proj if x.ndim == 1 else self.c[:, None] * proj)
+        Q, c = self.Q.astype(dtype, copy=False), self.c.astype(dtype, copy=False)
+        proj = Q.T @ xw
+        return xw - Q @ (c * proj if x.ndim == 1 else c[:, None] * proj)
 
     def whiten_T(self, x):
         """(Σ^(−½))ᵀ x, so that Σ⁻¹ J = whiten_T(whiten(J))."""

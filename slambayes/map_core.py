@@ -22,12 +22,12 @@ A spectrum that cannot be fit gets a `StarFit` with a flag and NaN values,
 never an exception.
 
 The Laplace approximation is then checked (`slambayes.laplace_check`,
-`MapOptions.laplace_draws`): where the posterior is wider than the curvature says
-each σ is widened to the sampled one, and where its mean lies far from the MAP
-`laplace_ok` is False. The same rule serves the catalog, the out-of-fold fits the
-error calibration is learned from, and `Posterior.find_map`. `fit_spectra` then adds
-the calibration as part of the density (an errors-in-variables term, see there), with
-any Gaussian prior. Start points are the training stars that fit best
+`MapOptions.posterior_draws`): where the posterior is wider than the curvature says
+each σ is widened to the sampled one. The same rule serves the catalog, the
+out-of-fold fits the error calibration is learned from, and `Posterior.find_map`.
+`fit_spectra` then adds the calibration as part of the density (an errors-in-variables
+term, see there), with any Gaussian prior, and from the check's draws each star's
+posterior summary (`slambayes.posterior_summary`), which sets `laplace_ok`. Start points are the training stars that fit best
 (`slambayes.start_points`).
 
 Pixels no model predicts (unflagged cosmic rays, sky residuals) are clipped, as
@@ -56,6 +56,7 @@ from .batched_lm import least_squares_batch
 from .doppler import DopplerShift
 from .laplace_check import check_compression, laplace_check, laplace_verdict
 from .likelihood import pixel_weights
+from .posterior_summary import Summary, posterior_summary, propose
 from .start_points import start_indices
 
 __all__ = ["RV", "FLAGS", "ENGINES", "batch_size", "MapOptions", "StarFit", "fit_star", "fit_stars",
@@ -76,7 +77,9 @@ def batch_size(n_pix, rank, n_par=4):
 
 
 # bit flags of a fit (the catalog's `flag` column)
-FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8, "start_unchanged": 128}
+FLAGS = {"no_data": 1, "not_converged": 2, "at_edge": 4, "error": 8, "start_unchanged": 128,
+         "posterior_unsure": 256}
+NOT_GAUSSIAN = " | the posterior is not Gaussian about the MAP"
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class MapOptions:
     clip_max_fraction: float = 0.05
     fit_rv: bool = False           # fit a residual radial velocity `rv_resid` (km/s)
     rv_window: float = 20.0        # |rv_resid| ≤ rv_window km/s
-    laplace_draws: int = 256       # importance draws that check the Laplace approximation (0: no check)
+    posterior_draws: int = 128     # importance draws per star: the posterior summaries and the Laplace check (0: neither)
+    posterior_budget: float = 6.0  # extra draws a star whose weights fail (k̂ > 0.7) may get, × posterior_draws
     engine: str = "auto"           # `fit_stars`: "batched", "scipy", or "auto" (batched where it applies)
 
     def __post_init__(self):
@@ -132,8 +136,11 @@ class MapOptions:
             raise ValueError(f"clip_sigma must be a positive number of σ or None, not {self.clip_sigma!r}")
         if not 0 <= self.clip_max_fraction < 1:
             raise ValueError(f"clip_max_fraction must be in [0, 1), not {self.clip_max_fraction!r}")
-        if int(self.laplace_draws) < 0 or int(self.laplace_draws) % 2:
-            raise ValueError(f"laplace_draws must be an even number ≥ 0 (antithetic pairs), not {self.laplace_draws!r}")
+        if int(self.posterior_draws) < 0 or int(self.posterior_draws) % 2:
+            raise ValueError(f"posterior_draws must be an even number ≥ 0 (antithetic pairs), not "
+                             f"{self.posterior_draws!r}")
+        if not (np.isfinite(self.posterior_budget) and self.posterior_budget >= 0):
+            raise ValueError(f"posterior_budget must be a number ≥ 0 of posterior_draws, not {self.posterior_budget!r}")
         if not (np.isfinite(self.rv_window) and self.rv_window > 0):
             raise ValueError(f"rv_window must be a positive velocity in km/s, not {self.rv_window!r}")
         if not (np.isfinite(self.bounds_pad) and self.bounds_pad >= 0):
@@ -153,7 +160,10 @@ class MapOptions:
     @classmethod
     def from_json(cls, text):
         import json
-        return cls(**json.loads(text))
+        d = json.loads(text)
+        if "laplace_draws" in d:           # the name before the posterior summaries
+            d["posterior_draws"] = d.pop("laplace_draws")
+        return cls(**d)
 
     @classmethod
     def from_header(cls, meta):
@@ -204,6 +214,8 @@ class StarFit:
     laplace_width: np.ndarray = None   # (k,) importance-sampled posterior σ / Laplace σ
     widened: bool = False              # `cov` widened to the importance-sampled posterior σ
     laplace_ok: bool = False           # the check ran and found MAP ± σ a fair summary of the posterior
+    summary: Summary = None            # the posterior summary (`slambayes.posterior_summary`), physical units
+    draws: object = field(default=None, repr=False)   # the check's `Draws`, until the summary is made
     clipped: np.ndarray = field(default_factory=lambda: np.zeros(0, int))   # pixel indices
     cov_formal: np.ndarray = None      # the uncalibrated likelihood's covariance (no prior), physical
     label_cov: np.ndarray = None       # (n, n) the calibration's term Δ (`NoiseModel.label_covariance`)
@@ -303,15 +315,17 @@ class _Problem:
         k = self.space.n_labels
         params = self.space.from_std(np.atleast_2d(thetas))
         if hasattr(self.em, "expansion_at"):
-            f = self.em.predict(params[:, :k], compression=check_compression(self.em))
+            f = self.em.predict(params[:, :k], compression=check_compression(self.em), single=True)
         elif hasattr(self.em, "predict"):
             f = np.atleast_2d(self.em.predict(params[:, :k]))
         else:
             f = np.array([self.em.predict_and_jacobian(p[:k])[0] for p in params])
         if self.doppler is not None:
             f = np.array([self.doppler.shift(fi, v) for fi, v in zip(f, params[:, k])])
-        r = np.where(self.good, self.flux - f, 0.0)
-        out = np.sum(self.noise.whiten(r.T) ** 2, 0)
+        # in the flux's precision: float32 from the summaries' low-rank expansion (the sum of
+        # squares of whitened residuals is then good to ~1e-5 of χ², far below what a weight needs)
+        r = np.where(self.good, self.flux.astype(f.dtype, copy=False) - f, 0.0)
+        out = np.sum(self.noise.whiten(r.T) ** 2, 0, dtype=float)
         for idx, mean, L_inv in self.terms:
             out = out + np.sum((L_inv @ (params[:, idx] - mean).T) ** 2, 0)
         return 0.5 * out
@@ -444,7 +458,8 @@ def fit_stars(emulator, flux, noises, space, starts, options=MapOptions(), prior
     return out
 
 
-def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions(), prior_terms=(), checks=None):
+def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions(), prior_terms=(), checks=None,
+                summaries=True):
     """The MAP of the density of `noise` (× the Gaussian `prior_terms`) for spectra flux, ivar
     (n, n_pix): what the catalog reports and the samplers start from, the after-fit steps
     (calibration, fit checks) written once for both.
@@ -461,6 +476,10 @@ def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions()
     samplers explore the same density without the Laplace form (`slambayes.posterior`).
     Without a calibration the prior's residuals enter the least squares directly.
 
+    summaries : give each fit its posterior summary of that density (`StarFit.summary`,
+    `slambayes.posterior_summary`, from the Laplace check's draws: `options.posterior_draws`),
+    which sets `laplace_ok`; the out-of-fold fits of the calibration need none.
+
     Each `StarFit` holds the density's MAP and `cov`, the uncalibrated likelihood's
     `cov_formal` and `label_cov` Δ; χ², χ²_ν, the model share, the Laplace check and the
     clipped pixels are the fit's. checks : `slambayes.fit_checks.FitChecks` or None, its flag
@@ -470,10 +489,32 @@ def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions()
     idx0 = start_indices(starts[1], np.where(ivar > 0, flux, 0.0), pixel_weights(ivar, noise.sigma_model),
                          options.n_starts, options.clip_sigma)
     anchor_terms = () if noise.calibrated else prior_terms
-    fits = _in_batches(emulator, flux, [noise.star(iv) for iv in ivar], space,
-                       [starts[0][i] for i in idx0], options, anchor_terms, noise.rank)
+    noises, first = [noise.star(iv) for iv in ivar], [starts[0][i] for i in idx0]
+    fits, step = [], batch_size(flux.shape[1], noise.rank, len(space.names))
+    for a in range(0, flux.shape[0], step):
+        batch = fit_stars(emulator, flux[a:a + step], noises[a:a + step], space, first[a:a + step], options,
+                          anchor_terms)
+        _add_calibration(batch, noise, space, prior_terms)
+        if summaries:
+            _summarize(batch, noise, space, prior_terms, options)
+        for f in batch:
+            f.draws = None          # the draws (and the problem they evaluate) are a batch's only
+        fits += batch
     k = space.n_labels
-    n = len(space.names)
+    if checks is not None and len(fits):
+        quality = np.array([[f.rchi2, f.share] for f in fits]).reshape(-1, 2)
+        theta_std = space.to_std(np.array([f.values[:k] for f in fits]))
+        sigma_std = np.sqrt(np.array([np.diag(f.cov)[:k] for f in fits])) / space.scale[:k]
+        bits = checks.flags(theta_std, quality, [f.norm_ratio for f in fits], sigma_std)
+        for f, b in zip(fits, bits):
+            f.flag = int(f.flag) | int(b)
+    return fits, idx0
+
+
+def _add_calibration(fits, noise, space, prior_terms):
+    """The calibration's term Δ of each fit (about its likelihood-only MAP, the anchor), added to
+    its covariance, and, for a calibrated noise model, any Gaussian prior multiplied in."""
+    k, n = space.n_labels, len(space.names)
     cov = np.array([f.cov for f in fits]).reshape(-1, n, n)
     values = np.array([f.values for f in fits]).reshape(-1, n)
     quality = np.array([[f.rchi2, f.share] for f in fits]).reshape(-1, 2)
@@ -487,13 +528,57 @@ def fit_spectra(emulator, flux, ivar, noise, space, starts, options=MapOptions()
         if noise.calibrated and prior_terms and np.all(np.isfinite(f.values)) and np.all(np.isfinite(f.cov)):
             f.values, f.cov = gaussian_product(f.values, f.cov, prior_terms, space)
             f.status += " | with the Gaussian prior (Laplace form of the calibrated likelihood)"
-    if checks is not None and len(fits):
-        theta_std = space.to_std(np.array([f.values[:k] for f in fits]))
-        sigma_std = np.sqrt(np.array([np.diag(f.cov)[:k] for f in fits])) / space.scale[:k]
-        bits = checks.flags(theta_std, quality, [f.norm_ratio for f in fits], sigma_std)
-        for f, b in zip(fits, bits):
-            f.flag = int(f.flag) | int(b)
-    return fits, idx0
+
+
+def prior_in_std(prior_terms, space):
+    """Gaussian prior terms ((idx, μ, L⁻¹), … physical) as A θ_std ~ N(b, I): (A (q, n), b (q,)),
+    or None without terms."""
+    if not prior_terms:
+        return None
+    A, b = [], []
+    for idx, mu, L_inv in prior_terms:
+        rows = np.zeros((len(idx), len(space.names)))
+        rows[:, idx] = L_inv * space.scale[idx][None, :]
+        A.append(rows)
+        b.append(L_inv @ (mu - space.loc[idx]))
+    return np.vstack(A), np.concatenate(b)
+
+
+def _summarize(fits, noise, space, prior_terms, options):
+    """Each fit's posterior summary (`slambayes.posterior_summary`) of the catalog's density from
+    its check's draws: laplace_ok from it (the calibrated MAP ± σ against the summary's mean and
+    σ, by `LAPLACE_LIMITS`), and the flag `posterior_unsure` where the budget did not give
+    trustworthy weights. A fit without draws (failed, robust loss) gets an empty summary."""
+    from .laplace_check import LAPLACE_LIMITS
+
+    n = len(space.names)
+    # without a calibration the fit's own objective holds the prior already
+    prior = prior_in_std(prior_terms, space) if noise.calibrated else None
+    scale2 = np.outer(space.scale, space.scale)
+    lo, hi = LAPLACE_LIMITS["width"]
+    for f in fits:
+        if f.draws is None or not (np.all(np.isfinite(f.label_cov)) and np.all(np.isfinite(f.cov))):
+            f.summary = Summary.none(n)
+            continue
+        laplace = (space.to_std(f.values), np.sqrt(np.diag(f.cov)) / space.scale)
+        try:
+            s = posterior_summary(f.draws, f.draws.evaluate, f.draws.center, f.draws.cov, f.label_cov / scale2,
+                                  prior, space, int(options.posterior_draws), float(options.posterior_budget),
+                                  laplace=laplace)
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError) as exc:
+            # one star's summary must not stop a batch: its row keeps the MAP and says why
+            f.summary = Summary.none(n)
+            f.status += f" | no posterior summary ({type(exc).__name__}: {exc})"
+            continue
+        f.summary = s
+        sd = np.sqrt(np.diag(f.cov))
+        shift, width = (s.mean - f.values) / sd, s.std / sd
+        f.laplace_ok = bool(s.method != "unreliable" and np.all(np.abs(shift) < LAPLACE_LIMITS["shift"])
+                            and np.all((width > lo) & (width < hi)))
+        f.status = f.status.replace(NOT_GAUSSIAN, "") + ("" if f.laplace_ok else NOT_GAUSSIAN + ": read its summary")
+        if s.method == "unreliable":
+            f.flag = int(f.flag) | FLAGS["posterior_unsure"]
+            f.status += f" | posterior summary unreliable (k̂ {s.khat:.2f} after {s.n_draws} draws): sample it"
 
 
 def gaussian_product(mean, cov, prior_terms, space):
@@ -516,15 +601,6 @@ def gaussian_product(mean, cov, prior_terms, space):
     A, b = np.vstack(rows), np.concatenate(rhs)
     x = lsq_linear(A, b, bounds=(space.low / scale, space.high / scale), method="bvls").x
     return x * scale, np.linalg.inv(A.T @ A) * np.outer(scale, scale)
-
-
-def _in_batches(emulator, flux, noises, space, starts, options, prior_terms, rank):
-    """`fit_stars` over `batch_size` spectra at a time."""
-    fits, step = [], batch_size(flux.shape[1], rank, len(space.names))
-    for a in range(0, flux.shape[0], step):
-        fits += fit_stars(emulator, flux[a:a + step], noises[a:a + step], space, starts[a:a + step], options,
-                          prior_terms)
-    return fits
 
 
 def _restore(prob, best):
@@ -559,7 +635,20 @@ def _solve_batch(emulator, space, probs, x0s, options):
     for p, (i, sol) in enumerate(zip(owner, sols)):
         if i not in best or sol.cost < best[i][0].cost:
             best[i] = (sol, X0[p])
+    for i, (sol, _) in best.items():
+        sol.others = _other_minima(sol, [s for s, o in zip(sols, owner) if o == i])
     return best
+
+
+# a start's minimum counts as another mode of the posterior when its ½χ² is within this of the best
+MODE_COST = 12.5
+
+
+def _other_minima(best, sols):
+    """The points (standardized) of the solutions other than `best` whose cost lies within
+    MODE_COST of its: candidate second modes for the posterior summary (`_finish` keeps those
+    far from the MAP)."""
+    return [np.array(s.x, float) for s in sols if s is not best and s.cost < best.cost + MODE_COST]
 
 
 def _solve(prob, starts, options):
@@ -571,12 +660,14 @@ def _solve(prob, starts, options):
         kw.update(loss=_pixel_loss(options.loss, prob.flux.size), f_scale=options.f_scale)
     if options.method != "lm":
         kw["bounds"] = (lo, hi)
-    best = None
+    best, sols = None, []
     for x0 in starts:
         x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
         res = least_squares(lambda t: prob.eval(t)[0], x0, method=options.method, **kw)
+        sols.append(res)
         if best is None or res.cost < best.cost:
             best, best_x0 = res, x0
+    best.others = _other_minima(best, sols)
     return best, best_x0
 
 
@@ -638,6 +729,17 @@ def _fit(emulator, flux, noise, space, starts, options, prior_terms):
     return _finish(prob, flux, best, best_x0, nfev, clipped, kept, options)
 
 
+def _distinct_modes(theta, cov_std, others):
+    """The other starts' minima farther than 3 Laplace σ (Mahalanobis) from the MAP θ and from
+    each other: the posterior's other modes, which its summary samples too."""
+    P = np.linalg.inv(cov_std)
+    modes = []
+    for x in others:
+        if all((x - y) @ P @ (x - y) > 9.0 for y in [theta] + modes):
+            modes.append(x)
+    return modes
+
+
 def _finish(prob, flux, best, best_x0, nfev, clipped, kept, options, curvature=None):
     """The `StarFit` of a solved star: covariance (exact Hessian), the Laplace check, flags.
     curvature : the `curvatures` term at best.x, if computed already (with other stars')."""
@@ -667,10 +769,17 @@ def _finish(prob, flux, best, best_x0, nfev, clipped, kept, options, curvature=N
                 pass
     chi2 = float(r[:n_pix] @ r[:n_pix])
     shift = width = np.full(k, np.nan)
-    widened, gaussian = False, False
-    checked = bool(options.laplace_draws) and options.loss == "linear"
+    widened, gaussian, draws = False, False, None
+    checked = bool(options.posterior_draws) and options.loss == "linear"
     if checked:
-        shift, width = laplace_check(prob, theta, cov_std, int(options.laplace_draws))
+        phi0 = 0.5 * float(np.sum(r ** 2))          # the fit's own residuals: log weights near 0
+
+        def evaluate(points):
+            return phi0 - prob.objective(points)
+        draws = propose(evaluate, theta, cov_std, int(options.posterior_draws),
+                        cap=0.5 * (space.high_std - space.low_std))
+        draws.modes = _distinct_modes(theta, cov_std, getattr(best, "others", []))
+        shift, width = laplace_check(draws, theta, cov_std, space)
         reported, widened, gaussian = laplace_verdict(shift, width)
         cov_std, cov_model = cov_std * np.outer(reported, reported), cov_model * np.outer(reported, reported)
     values = space.from_std(theta)
@@ -687,8 +796,8 @@ def _finish(prob, flux, best, best_x0, nfev, clipped, kept, options, curvature=N
                    converged=bool(best.success), flag=flag,
                    status=best.message + (" | at the edge of the training label range" if edge else "")
                    + (" | the solver did not move from its start" if unchanged else "")
-                   + (" | the posterior is not Gaussian about the MAP: sample it" if checked and not gaussian else ""),
-                   laplace_shift=shift, laplace_width=width, widened=widened, laplace_ok=gaussian,
+                   + (NOT_GAUSSIAN if checked and not gaussian else ""),
+                   laplace_shift=shift, laplace_width=width, widened=widened, laplace_ok=gaussian, draws=draws,
                    n_down=int((w[:n_pix][good] < 0.5).sum()), share=kept.model_share,
                    norm_ratio=float(np.median(flux[good]) / np.median(model[good])),
                    clipped=np.flatnonzero(clipped))

@@ -125,12 +125,9 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
     t["nfev"] = [f.nfev for f in fits]
     t["converged"] = [f.converged for f in fits]
     t["flag"] = flags
-    if options.laplace_draws:
-        for col in ("laplace_shift", "laplace_width"):
-            t[col] = np.array([np.full(n, np.nan) if getattr(f, col) is None else getattr(f, col) for f in fits])
-        t["widened"] = [f.widened for f in fits]
-        t["laplace_ok"] = [f.laplace_ok for f in fits]
-    t["status"] = [f.status[:120] for f in fits]
+    if options.posterior_draws:
+        _summary_columns(t, fits, names, units)
+    t["status"] = [f.status for f in fits]
     for j, name in enumerate(space.label_names):
         t["init_" + name] = init[:, j]
         t["init_" + name].unit, t["init_" + name].description = units[j], f"{name} of the start point"
@@ -138,6 +135,31 @@ def fit_chunk(emulator, flux, ivar, ids, starts, noise, space, options, prior_te
         if name in t.colnames:
             t[name].description = text
     return t
+
+
+def _summary_columns(t, fits, names, units):
+    """The posterior summaries' columns (see `fit_map`)."""
+    from .posterior_summary import PERCENTILES, Summary
+
+    n = len(names)
+    sums = [f.summary if f.summary is not None else Summary.none(n) for f in fits]
+    for j, name in enumerate(names):
+        t[name + "_mean"] = [s.mean[j] for s in sums]
+        t[name + "_std"] = [s.std[j] for s in sums]
+        t[name + "_mean"].description = f"{name} posterior mean"
+        t[name + "_std"].description = f"{name} posterior standard deviation"
+        for i, q in enumerate(PERCENTILES):
+            col = f"{name}_p{q:02d}"
+            t[col] = [s.percentiles[i, j] for s in sums]
+            t[col].description = f"{name} posterior {q}th percentile"
+        for col in (name + "_mean", name + "_std") + tuple(f"{name}_p{q:02d}" for q in PERCENTILES):
+            t[col].unit = units[j]
+    t["posterior_khat"] = [s.khat for s in sums]
+    t["posterior_ess"] = [s.ess for s in sums]
+    t["posterior_draws"] = np.array([s.n_draws for s in sums], dtype=np.int32)
+    t["posterior_method"] = [s.method for s in sums]
+    t["widened"] = [f.widened for f in fits]
+    t["laplace_ok"] = [f.laplace_ok for f in fits]
 
 
 # what the FITS header's TCOMMn says of the columns that are not labels
@@ -149,10 +171,12 @@ COLUMN_NOTES = {
     "n_clipped": "pixels clipped as outliers", "n_downweighted": "pixels down-weighted by the robust loss",
     "snr": "median per-pixel S/N", "nfev": "function evaluations", "converged": "the solver converged",
     "flag": "flag bits, see FLAGS in the header", "status": "the solver's message",
-    "laplace_shift": "importance-sampled posterior mean - MAP, in Laplace sigma",
-    "laplace_width": "importance-sampled posterior sigma / Laplace sigma",
+    "posterior_khat": "Pareto k-hat of the importance weights (<= 0.7 trustworthy)",
+    "posterior_ess": "effective sample size of the importance weights",
+    "posterior_method": "what gave the posterior summary",
+    "posterior_draws": "importance draws the posterior summary evaluated",
     "widened": "errors widened to the importance-sampled posterior sigma",
-    "laplace_ok": "MAP +- sigma describes the posterior (importance check)",
+    "laplace_ok": "MAP +- sigma describes the posterior (its summary)",
 }
 
 
@@ -215,9 +239,12 @@ class _ChunkTasks(Sequence):
 
 def _catalog_names(space, options):
     """The columns `fit_chunk` writes itself (an input column of the same name is renamed)."""
+    from .posterior_summary import PERCENTILES
+
     names = list(options.parameter_space(space).names)
+    summary = ("_mean", "_std") + tuple(f"_p{q:02d}" for q in PERCENTILES)
     return {"id", *COLUMN_NOTES, *names, *(n + "_err" for n in names), *(n + "_err_formal" for n in names),
-            *("init_" + n for n in space.label_names)}
+            *(n + s for n in names for s in summary), *("init_" + n for n in space.label_names)}
 
 
 def _ids(spectra, id_column):
@@ -239,7 +266,7 @@ class _Unset:
 UNSET = _Unset()
 # fit_map's arguments that are fields of MapOptions
 OPTION_ARGS = ("model_error", "calibration", "n_starts", "bounds_pad", "method", "max_nfev", "jac", "loss",
-               "f_scale", "clip_sigma", "fit_rv", "rv_window", "laplace_draws", "engine")
+               "f_scale", "clip_sigma", "fit_rv", "rv_window", "posterior_draws", "posterior_budget", "engine")
 
 
 def resolve_options(options=None, **settings):
@@ -261,7 +288,7 @@ def fit_map(emulator, spectra, prior=None, model_error=UNSET, calibration=UNSET,
             bounds_pad=UNSET, method=UNSET, chunk_size=256, n_jobs=1, client=None,
             output=None, overwrite=False, progress=True, id_column=None, max_nfev=UNSET,
             jac=UNSET, loss=UNSET, f_scale=UNSET, clip_sigma=UNSET, fit_rv=UNSET, rv_window=UNSET,
-            laplace_draws=UNSET, engine=UNSET, options=None):
+            posterior_draws=UNSET, posterior_budget=UNSET, engine=UNSET, options=None):
     """Maximum a posteriori labels for every spectrum.
 
     The density is the calibrated likelihood (`slambayes.map_core.fit_spectra`: the
@@ -299,10 +326,14 @@ def fit_map(emulator, spectra, prior=None, model_error=UNSET, calibration=UNSET,
     fit_rv : also fit a residual radial velocity `rv_resid` (km/s, |v| ≤ rv_window) of the
         model spectrum against the spectrum's rest frame (`slambayes.doppler`); its columns
         `rv_resid`, `rv_resid_err` follow the labels'; the labels' errors include its correlations
-    laplace_draws : importance draws (even) that check, per star, whether the posterior is the
-        Laplace Gaussian (`slambayes.laplace_check`): where its σ exceeds the Laplace
-        one by more than the `laplace_ok` limit the errors are widened to it, and `laplace_ok`
-        is False for a posterior mean more than 0.5 σ from the MAP; 0 skips the check
+    posterior_draws : importance draws (even) per star of the catalog's density, the one switch
+        of the posterior summaries (`slambayes.posterior_summary`: mean, σ and the 5th … 95th
+        percentiles of every parameter, Pareto-smoothed weights) and of the Laplace check
+        (`slambayes.laplace_check`: where the posterior is wider than the Laplace σ by more
+        than its limit the errors are widened to it); 0: neither
+    posterior_budget : the extra draws, in units of posterior_draws, a star whose weights
+        fail (Pareto k̂ > 0.7) may get from adapted proposals; one that still fails is
+        flagged `posterior_unsure` (256)
     engine : "batched" (the stars of a chunk fitted together, one emulator product per
         iteration: `slambayes.batched_lm`), "scipy" (`scipy.optimize.least_squares` one star
         at a time, the reference) or "auto" (default: batched, except with a robust loss,
@@ -316,17 +347,21 @@ def fit_map(emulator, spectra, prior=None, model_error=UNSET, calibration=UNSET,
     (physical units), `<label>_err` (calibrated), `<label>_err_formal`, `cov` (k, k,
     calibrated), `cov_formal`, `chi2`, `rchi2`, `model_share` (the emulator's share of the pixel
     variance), `rms_resid`, `n_good_pix`, `n_clipped` (pixels clipped as outliers), `n_downweighted`,
-    `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`, `laplace_shift` and
-    `laplace_width` (per parameter, importance-sampled posterior mean − MAP and σ in units of the
-    Laplace σ), `widened` (the errors were widened to the importance-sampled posterior σ:
-    see `slambayes.map_core`) and `laplace_ok` (MAP ± σ describes the posterior; False: sample
-    the star) — these four only with laplace_draws > 0 —, `init_<label>`; every
+    `snr`, `nfev`, `converged`, `flag` (bits, see `FLAGS`), `status`; with posterior_draws > 0
+    the posterior summary per parameter, `<label>_mean`, `<label>_std`, `<label>_p05`, `_p16`,
+    `_p50`, `_p84`, `_p95`, and per row `posterior_khat` (Pareto k̂ of the weights; ≤ 0.7
+    trustworthy), `posterior_ess` (their effective sample size), `posterior_draws` (the draws it
+    evaluated), `posterior_method`
+    ("importance", "importance_adapted", "unreliable", "none"), `widened` (the Laplace errors
+    were widened to the importance-sampled σ) and `laplace_ok` (MAP ± σ describes the
+    posterior: its mean within 0.5 σ of the MAP, its σ within 0.8–1.25 of the error, k̂ ≤ 0.7);
+    `init_<label>`; every
     column has a unit where it has one (TUNITn in FITS, "dex" included) and a description
     (TCOMMn). The meta (FITS header) holds the provenance (DATE of the run in UTC, SLAMBVER,
     MODELFIL the model file's name, MODELSHA its content hash, TRAINSHA its training set's), the noise model (MODELERR, NOISETAG, CALIB, NOISE), the flag bits
     (FLAGS: 1 no data, 2 not converged, 4 at the edge of the training range, 8 error,
     16 poor fit, 32 out of the training distribution, 64 not normalized, 128 the solver did not
-    move from its start) and the limits of the fit checks (CHECKS, see `slambayes.fit_checks`).
+    move from its start, 256 the posterior summary is unreliable) and the limits of the fit checks (CHECKS, see `slambayes.fit_checks`).
     """
     from joblib import delayed
 
@@ -341,7 +376,7 @@ def fit_map(emulator, spectra, prior=None, model_error=UNSET, calibration=UNSET,
     options = resolve_options(options, model_error=model_error, calibration=calibration, n_starts=n_starts,
                               bounds_pad=bounds_pad, method=method, max_nfev=max_nfev, jac=jac, loss=loss,
                               f_scale=f_scale, clip_sigma=clip_sigma, fit_rv=fit_rv, rv_window=rv_window,
-                              laplace_draws=laplace_draws, engine=engine)
+                              posterior_draws=posterior_draws, posterior_budget=posterior_budget, engine=engine)
     noise = resolve_noise(emulator, options)
     space = LabelSpace.from_emulator(emulator, options.bounds_pad)
     prior_terms = gaussian_prior_terms(prior, space)
@@ -349,8 +384,8 @@ def fit_map(emulator, spectra, prior=None, model_error=UNSET, calibration=UNSET,
         raise TypeError(f"fit_map takes Gaussian priors as residuals; {type(prior).__name__} "
                         f"is not Gaussian: use slambayes.fit_map_posterior (jax optimizer) instead")
     starts = training_models(emulator)
-    if options.laplace_draws:
-        emulator.expansion_at(check_compression(emulator))    # built once here, not in every task
+    if options.posterior_draws:
+        emulator.expansion_at(check_compression(emulator), single=True)   # built once here, not per task
     checks = getattr(emulator, "checks_", None)
     ids, id_from = _ids(spectra, id_column)
     meta_cols = meta_columns(spectra, reserved=_catalog_names(space, options), skip=(id_from,))
@@ -369,7 +404,7 @@ def fit_map(emulator, spectra, prior=None, model_error=UNSET, calibration=UNSET,
                 NOISE=noise.describe(), METHOD=options.method, ENGINE="batched" if options.batched else "scipy",
                 LOSS=options.loss, FSCALE=float(options.f_scale),
                 CLIPSIG="none" if options.clip_sigma is None else float(options.clip_sigma),
-                FITRV=bool(options.fit_rv), RVWINDOW=float(options.rv_window), LAPDRAWS=int(options.laplace_draws),
+                FITRV=bool(options.fit_rv), RVWINDOW=float(options.rv_window), POSTDRAW=int(options.posterior_draws),
                 LAPCOMP=check_compression(emulator), MAPOPTS=options.to_json(),
                 FLAGS=json.dumps(FLAGS), CHECKS=json.dumps(checks.describe()) if checks is not None else "none")
     if not noise.calibrated:

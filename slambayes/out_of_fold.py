@@ -60,7 +60,8 @@ def _fold_emulators(emulator, spectra, n_jobs, progress):
 def _fit_held_out(fold, noise, space, options, train_labels, flux, ivar):
     """The survey fit (`fit_spectra`) of each held-out spectrum of one fold, started at the best
     training star."""
-    return fit_spectra(fold, flux, ivar, noise, space, (train_labels, fold.predict(train_labels)), options)[0]
+    return fit_spectra(fold, flux, ivar, noise, space, (train_labels, fold.predict(train_labels)), options,
+                       summaries=False)[0]
 
 
 def out_of_fold_fits(emulator, spectra, model_error="auto", n_jobs=1, progress=True):

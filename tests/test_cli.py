@@ -199,7 +199,8 @@ def test_cli_defaults_are_the_api_defaults():
               "fit": (fit_map, {"n_starts": "n_starts", "chunk_size": "chunk_size", "n_jobs": "n_jobs", "loss": "loss",
                                 "clip_sigma": "clip_sigma", "model_error": "model_error",
                                 "calibration": "calibration", "rv_window": "rv_window",
-                                "laplace_draws": "laplace_draws", "engine": "engine"}),
+                                "posterior_draws": "posterior_draws", "posterior_budget": "posterior_budget",
+                                "engine": "engine"}),
               "sample": (sample, {"num_warmup": "num_warmup", "num_samples": "num_samples",
                                   "num_chains": "num_chains", "sampler": "sampler", "model_error": "model_error"})}
     from slambayes.map_core import MapOptions

@@ -54,7 +54,7 @@ class SaturatingEmulator:
 
 def _fit(em, flux, ivar, draws, start):
     noise = NoiseModel.resolve(em, "cv", "none").star(ivar)
-    options = MapOptions(laplace_draws=draws, clip_sigma=None)
+    options = MapOptions(posterior_draws=draws, clip_sigma=None)
     space = options.parameter_space(LabelSpace.from_emulator(em))
     return fit_star(em, flux, noise, space, np.atleast_2d(start), options)
 
@@ -115,25 +115,28 @@ def test_shift_width_and_errors_match_the_exact_posterior(c, truth, widened, ske
 
 
 def test_odd_or_negative_draws_are_refused():
-    with pytest.raises(ValueError, match="laplace_draws"):
-        MapOptions(laplace_draws=3)
-    with pytest.raises(ValueError, match="laplace_draws"):
-        MapOptions(laplace_draws=-2)
+    with pytest.raises(ValueError, match="posterior_draws"):
+        MapOptions(posterior_draws=3)
+    with pytest.raises(ValueError, match="posterior_draws"):
+        MapOptions(posterior_draws=-2)
 
 
 def test_catalog_columns_and_switching_the_check_off(demo_small):
-    """The catalog carries the check's columns; `laplace_draws=0` leaves them out and keeps
-    the Laplace errors, which the check only ever widens, with the same labels and flags."""
+    """The catalog carries the check's and the summaries' columns; `posterior_draws=0` leaves
+    them out and keeps the Laplace errors, which the check only ever widens, with the same
+    labels and flags."""
     from slambayes import fit_map
     from slambayes.datasets import make_demo
 
     em, train = demo_small
     stars = make_demo(12, snr=20.0, seed=5, wave=train.wave)
     on = fit_map(em, stars, progress=False)
-    off = fit_map(em, stars, progress=False, laplace_draws=0)
-    assert {"laplace_shift", "laplace_width", "widened", "laplace_ok"} <= set(on.colnames)
-    assert not {"laplace_shift", "laplace_width", "widened", "laplace_ok"} & set(off.colnames)
-    assert on["laplace_shift"].shape == (12, 3) and on["laplace_ok"].dtype == bool
+    off = fit_map(em, stars, progress=False, posterior_draws=0)
+    cols = {"teff_mean", "teff_std", "logg_p05", "feh_p95", "posterior_khat", "posterior_ess", "posterior_method",
+            "posterior_draws", "widened", "laplace_ok"}
+    assert cols <= set(on.colnames)
+    assert not cols & set(off.colnames)
+    assert on["laplace_ok"].dtype == bool and set(on["posterior_method"]) <= {"importance", "importance_adapted"}
     for name in em.label_names_:
         np.testing.assert_array_equal(on[name], off[name])
         assert np.all(np.asarray(on[name + "_err_formal"]) >= np.asarray(off[name + "_err_formal"]) * (1 - 1e-12))
@@ -144,9 +147,9 @@ def test_catalog_columns_and_switching_the_check_off(demo_small):
 
 
 def test_the_check_on_the_low_rank_expansion_decides_as_the_exact_one(demo_small, monkeypatch):
-    """The draws' flux comes from the compressed expansion (CHECK_COMPRESSION): on demo stars
-    at S/N 10–80 the same stars are widened and marked, widths within 0.01, errors within 0.5 %
-    of the check made with the exact expansion."""
+    """The draws' flux comes from the compressed expansion in float32 (CHECK_COMPRESSION): on
+    demo stars at S/N 10–80 the same stars are widened and marked, errors within 0.5 % and the
+    posterior summaries within 0.1 σ of those made with the exact expansion (their own Monte Carlo error, where a star escalates in one and not the other, is up to 0.1 σ)."""
     import slambayes.laplace_check as mc
     from slambayes import fit_map
     from slambayes.datasets import make_demo
@@ -159,13 +162,15 @@ def test_the_check_on_the_low_rank_expansion_decides_as_the_exact_one(demo_small
     exact = fit_map(em, stars, progress=False)
     assert 0 < np.sum(exact["widened"]) and 0 < np.sum(~np.asarray(exact["laplace_ok"]))   # both cases occur
     np.testing.assert_array_equal(low["widened"], exact["widened"])
-    # the same verdict, except for a star whose shift lies at the limit itself (within 0.02 σ)
-    limit = mc.LAPLACE_LIMITS["shift"]
-    shift = np.max(np.abs(np.asarray(exact["laplace_shift"])), 1)
-    borderline = np.abs(shift - limit) < 0.02
-    print("borderline stars:", np.flatnonzero(borderline), shift[borderline])
-    assert borderline.sum() <= 1
+    # the same verdict, except for a star at one of its limits itself (within 0.02 σ)
+    limit, (lo, hi) = mc.LAPLACE_LIMITS["shift"], mc.LAPLACE_LIMITS["width"]
+    shift = np.array([np.abs(exact[n + "_mean"] - exact[n]) / exact[n + "_err"] for n in em.label_names_])
+    width = np.array([exact[n + "_std"] / exact[n + "_err"] for n in em.label_names_])
+    borderline = np.any((np.abs(shift - limit) < 0.02) | (np.abs(width - lo) < 0.02) | (np.abs(width - hi) < 0.02), 0)
+    print("borderline stars:", np.flatnonzero(borderline))
+    assert borderline.sum() < 10
     np.testing.assert_array_equal(np.asarray(low["laplace_ok"])[~borderline], np.asarray(exact["laplace_ok"])[~borderline])
-    assert np.nanmax(np.abs(low["laplace_width"] - exact["laplace_width"])) < 0.01
     for name in em.label_names_:
         assert np.nanmax(np.abs(low[name + "_err"] / exact[name + "_err"] - 1)) < 0.005
+        for col in ("_mean", "_p16", "_p50", "_p84"):
+            assert np.nanmax(np.abs(low[name + col] - exact[name + col]) / exact[name + "_std"]) < 0.1, (name, col)
