@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LAPLACE_LIMITS", "CHECK_COMPRESSION", "check_compression", "laplace_check",
+__all__ = ["LAPLACE_LIMITS", "CHECK_COMPRESSION", "check_compression", "laplace_check", "within_limits",
            "laplace_verdict"]
 
 # how far the posterior may be from the fit's Gaussian (Laplace) approximation, in units of its σ:
@@ -52,6 +52,14 @@ def laplace_check(draws, theta, cov_std, space):
     mean = w @ pts
     sd = np.sqrt(np.diag(cov_std))
     return (mean - theta) / sd, np.sqrt(w @ (pts - mean) ** 2) / sd
+
+
+def within_limits(shift, width):
+    """Whether a posterior whose mean − MAP and σ are `shift` and `width` (n,) reported σ is the
+    reported Gaussian by `LAPLACE_LIMITS` (every parameter)."""
+    lo, hi = LAPLACE_LIMITS["width"]
+    shift, width = np.asarray(shift, float), np.asarray(width, float)
+    return bool(np.all(np.abs(shift) < LAPLACE_LIMITS["shift"]) and np.all((width > lo) & (width < hi)))
 
 
 def laplace_verdict(shift, width):

@@ -549,13 +549,12 @@ def _summarize(fits, noise, space, prior_terms, options):
     its check's draws: laplace_ok from it (the calibrated MAP ± σ against the summary's mean and
     σ, by `LAPLACE_LIMITS`), and the flag `posterior_unsure` where the budget did not give
     trustworthy weights. A fit without draws (failed, robust loss) gets an empty summary."""
-    from .laplace_check import LAPLACE_LIMITS
+    from .laplace_check import within_limits
 
     n = len(space.names)
     # without a calibration the fit's own objective holds the prior already
     prior = prior_in_std(prior_terms, space) if noise.calibrated else None
     scale2 = np.outer(space.scale, space.scale)
-    lo, hi = LAPLACE_LIMITS["width"]
     for f in fits:
         if f.draws is None or not (np.all(np.isfinite(f.label_cov)) and np.all(np.isfinite(f.cov))):
             f.summary = Summary.none(n)
@@ -573,8 +572,7 @@ def _summarize(fits, noise, space, prior_terms, options):
         f.summary = s
         sd = np.sqrt(np.diag(f.cov))
         shift, width = (s.mean - f.values) / sd, s.std / sd
-        f.laplace_ok = bool(s.method != "unreliable" and np.all(np.abs(shift) < LAPLACE_LIMITS["shift"])
-                            and np.all((width > lo) & (width < hi)))
+        f.laplace_ok = s.method != "unreliable" and within_limits(shift, width)
         f.status = f.status.replace(NOT_GAUSSIAN, "") + ("" if f.laplace_ok else NOT_GAUSSIAN + ": read its summary")
         if s.method == "unreliable":
             f.flag = int(f.flag) | FLAGS["posterior_unsure"]

@@ -76,9 +76,19 @@ def _sobol(n_points, dim, seed):
     return np.clip(u, 1e-12, 1 - 1e-12)
 
 
+def _log_unit(r2, n, heavy):
+    """The proposal's normalized log density at squared radius r2 (in units of its scale matrix):
+    N(0, G_SCALE² I), or with heavy t_ν(0, T_SCALE² I)."""
+    from scipy.special import gammaln
+
+    if heavy:
+        return (gammaln(0.5 * (T_DOF + n)) - gammaln(0.5 * T_DOF) - 0.5 * n * np.log(T_DOF * np.pi)
+                - n * np.log(T_SCALE) - 0.5 * (T_DOF + n) * np.log1p(r2 / (T_DOF * T_SCALE**2)))
+    return -0.5 * r2 / G_SCALE**2 - n * np.log(G_SCALE) - 0.5 * n * np.log(2 * np.pi)
+
+
 @functools.lru_cache(maxsize=32)
 def _unit_draws(n_draws, n, seed, heavy=False):
-    from scipy.special import gammaln
     from scipy.stats import chi2, norm
 
     if heavy:
@@ -87,12 +97,7 @@ def _unit_draws(n_draws, n, seed, heavy=False):
     else:
         x = G_SCALE * norm.ppf(_sobol(n_draws // 2, n, seed))
     x = np.vstack([x, -x])
-    r2 = np.sum(x * x, 1)
-    if heavy:
-        log_q = (gammaln(0.5 * (T_DOF + n)) - gammaln(0.5 * T_DOF) - 0.5 * n * np.log(T_DOF * np.pi)
-                 - n * np.log(T_SCALE) - 0.5 * (T_DOF + n) * np.log1p(r2 / (T_DOF * T_SCALE**2)))
-    else:
-        log_q = -0.5 * r2 / G_SCALE**2 - n * np.log(G_SCALE) - 0.5 * n * np.log(2 * np.pi)
+    log_q = _log_unit(np.sum(x * x, 1), n, heavy)
     x.setflags(write=False)
     log_q.setflags(write=False)
     return x, log_q
@@ -147,16 +152,9 @@ def propose(evaluate, center, cov, n_draws, seed=0, cap=None, heavy=False):
 
 def _log_proposal(x, d):
     """The normalized log density (m,) of the proposal of `Draws` d at points x (m, n)."""
-    from scipy.special import gammaln
-
-    n = x.shape[1]
     L = np.linalg.cholesky(d.cov)
     r2 = np.sum(np.linalg.solve(L, (x - d.center).T) ** 2, 0)
-    log_det = np.sum(np.log(np.diag(L)))
-    if not d.heavy:
-        return -0.5 * r2 / G_SCALE**2 - n * np.log(G_SCALE) - 0.5 * n * np.log(2 * np.pi) - log_det
-    return (gammaln(0.5 * (T_DOF + n)) - gammaln(0.5 * T_DOF) - 0.5 * n * np.log(T_DOF * np.pi)
-            - n * np.log(T_SCALE) - log_det - 0.5 * (T_DOF + n) * np.log1p(r2 / (T_DOF * T_SCALE**2)))
+    return _log_unit(r2, x.shape[1], d.heavy) - np.sum(np.log(np.diag(L)))
 
 
 def pooled(rounds):
@@ -276,12 +274,10 @@ def _better(got, trusted, best):
 def _gaussian_like(got, laplace):
     """Whether the weighted θ draws of `got` have the catalog Gaussian's mean and σ within the
     `laplace_ok` limits (laplace: its mean and σ, standardized)."""
-    from .laplace_check import LAPLACE_LIMITS
+    from .laplace_check import within_limits
 
     mean, sd = _moments(got[0], got[1])
-    lo, hi = LAPLACE_LIMITS["width"]
-    return bool(np.all(np.abs(mean - laplace[0]) < LAPLACE_LIMITS["shift"] * laplace[1])
-                and np.all((sd > lo * laplace[1]) & (sd < hi * laplace[1])))
+    return within_limits((mean - laplace[0]) / laplace[1], sd / laplace[1])
 
 
 def posterior_summary(first, evaluate, center, cov, delta, prior, space, n_draws, budget, seed=0, laplace=None):
